@@ -1,0 +1,57 @@
+"""Data for distillation runs: datasets, training streams and evaluation batches.
+
+The global batch and the data order depend only on the config (dataset, seed, global batch
+size), never on the number of devices, processes or workers; each process loads only its
+contiguous slice of every global batch. Augmentation happens once per example in the pipeline,
+so teacher and student see the same view.
+
+Datasets: ``'digits'`` (scikit-learn, offline; the quickstart default), ``'synthetic'`` (and
+:class:`SyntheticDataset` for other shapes), ``'tfds:<dataset>[:<config>]'`` (TFDS prepared on
+disk in the array_record format, read without TensorFlow).
+
+Example::
+
+  it = kdjax.data.make_train_iterator('digits', global_batch_size=128, seed=0,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count(),
+                                      augment={'crop_padding': 1})
+  batch = next(it)                  # {'image', 'label', 'index'}: this process's rows
+  state = it.get_state()            # JSON-serialisable; it.set_state(state) resumes
+  for batch in kdjax.data.make_eval_batches('digits', batch_size=128):
+    ...                             # batch['mask'] marks real examples in the padded last batch
+"""
+from kdjax.data._augment import AugmentOptions
+from kdjax.data._base import DataError
+from kdjax.data._base import Dataset
+from kdjax.data._base import DatasetInfo
+from kdjax.data._base import DatasetNotPreparedError
+from kdjax.data._base import Source
+from kdjax.data._builtin import ArrayDataset
+from kdjax.data._builtin import SyntheticDataset
+from kdjax.data._pipeline import EvalBatches
+from kdjax.data._pipeline import TrainIterator
+from kdjax.data._pipeline import make_eval_batches
+from kdjax.data._pipeline import make_train_iterator
+from kdjax.data._registry import available_datasets
+from kdjax.data._registry import get_dataset
+from kdjax.data._registry import get_info
+from kdjax.data._tfds import TfdsDataset
+
+__all__ = [
+    "ArrayDataset",
+    "AugmentOptions",
+    "DataError",
+    "Dataset",
+    "DatasetInfo",
+    "DatasetNotPreparedError",
+    "EvalBatches",
+    "Source",
+    "SyntheticDataset",
+    "TfdsDataset",
+    "TrainIterator",
+    "available_datasets",
+    "get_dataset",
+    "get_info",
+    "make_eval_batches",
+    "make_train_iterator",
+]

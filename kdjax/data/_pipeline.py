@@ -1,0 +1,319 @@
+"""Training and evaluation batches, built with grain.
+
+The data order is a function of the config alone. Training shuffles the *indices* of the split
+with ``seed`` (a new permutation each epoch), cuts the index stream into global batches of
+``global_batch_size`` and gives process ``p`` of ``P`` the rows ``[p*b, (p+1)*b)`` of each global
+batch, ``b = global_batch_size / P``. A process loads and augments only its rows, and every
+random draw depends on ``(seed, position in the stream)``, so concatenating the processes' slices
+gives the very batch a single process would load. That is also the layout
+``jax.make_array_from_process_local_data`` expects for a batch sharded over a process-major mesh.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping
+
+from absl import flags
+import grain
+import numpy as np
+
+from kdjax.data import _augment
+from kdjax.data._base import DataError, Dataset, DatasetInfo, Source
+from kdjax.data._registry import get_dataset
+
+Batch = dict[str, np.ndarray]
+
+# Whole batches are the pipeline's elements: a few threads and a short buffer keep the device fed
+# without holding many batches in memory.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+_STATE_KEYS = ("dataset", "seed", "global_batch_size")
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if int(global_batch_size) != global_batch_size or global_batch_size < 1:
+    raise DataError(f"global_batch_size must be a positive int, got {global_batch_size}")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise DataError(f"process_index must be in [0, process_count), got process_index="
+                    f"{process_index}, process_count={process_count}")
+  if global_batch_size % process_count:
+    lower = global_batch_size - global_batch_size % process_count
+    raise DataError(
+        f"global_batch_size={global_batch_size} is not divisible by process_count="
+        f"{process_count}; every process loads an equal slice, so set the global batch size to "
+        f"a multiple of {process_count} (e.g. {lower or process_count} or "
+        f"{lower + process_count})")
+  return global_batch_size // process_count
+
+
+def _load_images(source: Source, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  examples = [source[int(i)] for i in indices]
+  images = np.stack([_augment.to_float(e["image"]) for e in examples])
+  labels = np.asarray([e["label"] for e in examples], np.int32)
+  return images, labels
+
+
+class _TrainBatchLoader:
+  """Global batch of indices -> this process's augmented slice. Pickles into grain workers."""
+
+  def __init__(self, source: Source, *, seed: int, global_batch_size: int, process_index: int,
+               local_batch_size: int, options: _augment.AugmentOptions, stats: Any):
+    self.source = source
+    self.seed = seed
+    self.global_batch_size = global_batch_size
+    self.start = process_index * local_batch_size
+    self.rows = np.arange(self.start, self.start + local_batch_size)
+    self.options = options
+    self.stats = stats
+
+  def _views(self, step: int, indices: np.ndarray, rows: np.ndarray):
+    positions = step * self.global_batch_size + rows
+    views = _augment.draw_views(self.seed, positions, self.options)
+    images, labels = _load_images(self.source, indices[rows])
+    return _augment.crop_and_flip(images, views, self.options), labels, views
+
+  def __call__(self, step: int, indices: np.ndarray) -> Batch:
+    images, labels, views = self._views(step, indices, self.rows)
+    batch = {"label": labels, "index": indices[self.rows].astype(np.int32)}
+    if self.options.mixes:
+      partners = _augment.mixing_partners(self.seed, step, self.global_batch_size)[self.rows]
+      # The partner's view is the one the partner gets in its own row, wherever it is loaded.
+      partner_images, partner_labels, _ = self._views(step, indices, partners)
+      images, lambdas = _augment.mix(images, partner_images, views, self.options)
+      batch["label_mix"] = partner_labels
+      batch["mix_lambda"] = lambdas
+    if self.stats is not None:
+      images = _augment.standardize(images, *self.stats)
+    batch["image"] = images.astype(np.float32)
+    return batch
+
+
+def _stats(info: DatasetInfo, standardize: bool):
+  if not standardize:
+    return None
+  if info.mean is None or info.std is None:
+    raise DataError(f"dataset '{info.name}' has no known per-channel mean/std; set "
+                    "standardize=False (images stay in [0, 1])")
+  return info.mean, info.std
+
+
+def _check_seed(seed: int) -> int:
+  if int(seed) != seed or not 0 <= seed < 2**32:
+    raise DataError(f"seed must be an int in [0, 2**32), got {seed}")
+  return int(seed)
+
+
+class TrainIterator(Iterator[Batch]):
+  """An endless iterator over this process's slices of the training batches.
+
+  Its state is the number of global batches consumed (plus the settings that fix the data
+  order), a small JSON-serialisable dict, so a run can save it next to its checkpoint and resume
+  the exact same stream, with any number of processes or workers.
+
+  Attributes:
+    info: the dataset's :class:`DatasetInfo`.
+    global_batch_size: examples per step, over all processes.
+    local_batch_size: examples per step in this process.
+    steps_per_epoch: ``num_train / global_batch_size`` (batches run across epoch boundaries).
+  """
+
+  def __init__(self, batches: grain.MapDataset, *, info: DatasetInfo, seed: int,
+               global_batch_size: int, local_batch_size: int, worker_count: int):
+    self._batches = batches
+    self.info = info
+    self.seed = seed
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = local_batch_size
+    self.steps_per_epoch = info.num_train / global_batch_size
+    self._worker_count = worker_count
+    self._step = 0
+    self._iterator: grain.DatasetIterator | None = None
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> Batch:
+    if self._iterator is None:
+      ds = self._batches[self._step:].to_iter_dataset(_READ_OPTIONS)
+      if self._worker_count:
+        if not flags.FLAGS.is_parsed():
+          # grain reads its absl flags when it starts worker processes. Outside an absl app
+          # (notebooks, tests, plain scripts) nothing parsed them: take their defaults.
+          flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count,
+                                                         per_worker_buffer_size=2))
+      self._iterator = iter(ds)
+    batch = next(self._iterator)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """``{'step', 'dataset', 'seed', 'global_batch_size'}``: JSON-serialisable."""
+    return {"step": self._step, "dataset": self.info.name, "seed": self.seed,
+            "global_batch_size": self.global_batch_size}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Continue from a state returned by :meth:`get_state` (of this or an earlier run)."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("step"), int) or (
+        state["step"] < 0):
+      raise DataError(f"not a kdjax training iterator state: {state!r}; expected the dict "
+                      "returned by TrainIterator.get_state()")
+    mine = self.get_state()
+    for key in _STATE_KEYS:
+      if key in state and state[key] != mine[key]:
+        raise DataError(
+            f"the saved data iterator state has {key}={state[key]!r} but this iterator has "
+            f"{key}={mine[key]!r}; resume with the config the state was saved with, or start "
+            "the data stream afresh (do not restore its state)")
+    self.close()
+    self._step = state["step"]
+
+  def close(self) -> None:
+    """Stops prefetching (and the worker processes, if any); iteration restarts lazily."""
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def __enter__(self) -> TrainIterator:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: int,
+                        process_index: int = 0, process_count: int = 1,
+                        augment: Any = None, worker_count: int = 0,
+                        data_dir: str | None = None, split: str = "train",
+                        standardize: bool = False) -> TrainIterator:
+  """An endless, shuffled, augmented stream of this process's training batches.
+
+  Each batch is a dict of numpy arrays, ``b = global_batch_size // process_count`` rows:
+
+  - ``'image'``: float32 ``[b, H, W, C]``, in ``[0, 1]`` (or standardised, see below);
+  - ``'label'``: int32 ``[b]``;
+  - ``'index'``: int32 ``[b]``, the example's index in the split (for memory-bank and
+    contrastive losses);
+  - with mixup or CutMix, also ``'label_mix'`` (int32 ``[b]``, the partner's label) and
+    ``'mix_lambda'`` (float32 ``[b]``, in ``[0, 1]``, the weight of ``'label'``): the soft
+    target is ``mix_lambda * onehot(label) + (1 - mix_lambda) * onehot(label_mix)``. The
+    partner is another row of the same global batch, so it may live on another process; each
+    process loads what it needs.
+
+  Epochs: the stream is the concatenation of one permutation of the split per epoch (a new one
+  each epoch); a batch may straddle two epochs, no example is dropped.
+
+  Args:
+    name: a dataset name (see :func:`get_dataset`) or a :class:`Dataset`.
+    global_batch_size: examples per step over all processes; fixes the data order.
+    seed: the shuffle and augmentation seed, an int in ``[0, 2**32)``.
+    process_index: this process (``jax.process_index()``).
+    process_count: number of processes (``jax.process_count()``); must divide
+      ``global_batch_size``.
+    augment: ``None`` or a dict / ConfigDict with ``crop_padding``, ``flip``, ``mixup_alpha``,
+      ``cutmix_alpha`` (see :class:`AugmentOptions`).
+    worker_count: grain worker processes (0: load in this process, with threads).
+    data_dir: TFDS data directory.
+    split: the split to train on.
+    standardize: subtract the dataset's per-channel mean and divide by its std (known for
+      cifar10/100, mnist, fashion_mnist, and computed for the built-in datasets); otherwise
+      images stay in ``[0, 1]``.
+
+  Returns:
+    A :class:`TrainIterator` (with ``get_state`` / ``set_state``).
+  """
+  dataset = get_dataset(name, data_dir=data_dir)
+  info = dataset.info
+  seed = _check_seed(seed)
+  local = _local_batch_size(global_batch_size, process_index, process_count)
+  if int(worker_count) != worker_count or worker_count < 0:
+    raise DataError(f"worker_count must be an int >= 0, got {worker_count}")
+  source = dataset.source(split)
+  if len(source) == 0:
+    raise DataError(f"split '{split}' of dataset '{info.name}' is empty")
+  loader = _TrainBatchLoader(source, seed=seed, global_batch_size=global_batch_size,
+                             process_index=process_index, local_batch_size=local,
+                             options=_augment.augment_options(augment),
+                             stats=_stats(info, standardize))
+  batches = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+             .batch(global_batch_size, drop_remainder=True).map_with_index(loader))
+  return TrainIterator(batches, info=info, seed=seed, global_batch_size=global_batch_size,
+                       local_batch_size=local, worker_count=int(worker_count))
+
+
+class _EvalBatchLoader:
+  """Global batch number -> this process's slice, padded past the end of the split."""
+
+  def __init__(self, source: Source, *, global_batch_size: int, process_index: int,
+               local_batch_size: int, input_shape: tuple[int, ...], stats: Any):
+    self.source = source
+    self.global_batch_size = global_batch_size
+    self.start = process_index * local_batch_size
+    self.local_batch_size = local_batch_size
+    self.input_shape = input_shape
+    self.stats = stats
+
+  def __call__(self, step: int) -> Batch:
+    first = step * self.global_batch_size + self.start
+    positions = np.arange(first, first + self.local_batch_size)
+    mask = positions < len(self.source)
+    images = np.zeros((self.local_batch_size, *self.input_shape), np.float32)
+    labels = np.zeros((self.local_batch_size,), np.int32)
+    if mask.any():
+      images[mask], labels[mask] = _load_images(self.source, positions[mask])
+      if self.stats is not None:
+        images[mask] = _augment.standardize(images[mask], *self.stats)
+    return {"image": images, "label": labels,
+            "index": np.where(mask, positions, -1).astype(np.int32), "mask": mask}
+
+
+class EvalBatches:
+  """The fixed-size batches that cover an evaluation split once; iterate it as often as needed.
+
+  Attributes:
+    info: the dataset's :class:`DatasetInfo`.
+    num_examples: real examples in the split.
+  """
+
+  def __init__(self, batches: grain.MapDataset, *, info: DatasetInfo, num_examples: int):
+    self._batches = batches
+    self.info = info
+    self.num_examples = num_examples
+
+  def __len__(self) -> int:
+    return len(self._batches)
+
+  def __iter__(self) -> Iterator[Batch]:
+    return iter(self._batches.to_iter_dataset(_READ_OPTIONS))
+
+
+def make_eval_batches(name: str | Dataset, *, batch_size: int, split: str | None = None,
+                      process_index: int = 0, process_count: int = 1,
+                      data_dir: str | None = None, standardize: bool = False) -> EvalBatches:
+  """This process's slices of the batches that cover ``split`` exactly once, in order.
+
+  Global batch ``s`` holds the examples ``[s*batch_size, (s+1)*batch_size)`` of the split; the
+  last one is padded to full size. Process ``p`` gets rows ``[p*b, (p+1)*b)``,
+  ``b = batch_size // process_count``, so every process yields the same number of batches.
+  Each batch: ``'image'`` float32 ``[b, H, W, C]`` (zeros where padded), ``'label'`` int32
+  ``[b]`` (0 where padded), ``'index'`` int32 ``[b]`` (-1 where padded) and ``'mask'`` bool
+  ``[b]``, True for real examples: weight metrics by it.
+
+  Args:
+    name: a dataset name (see :func:`get_dataset`) or a :class:`Dataset`.
+    batch_size: examples per batch over all processes.
+    split: the split to read; default: the dataset's ``eval_split``.
+    process_index: this process.
+    process_count: number of processes; must divide ``batch_size``.
+    data_dir: TFDS data directory.
+    standardize: as in :func:`make_train_iterator`.
+  """
+  dataset = get_dataset(name, data_dir=data_dir)
+  info = dataset.info
+  local = _local_batch_size(batch_size, process_index, process_count)
+  source = dataset.source(info.eval_split if split is None else split)
+  loader = _EvalBatchLoader(source, global_batch_size=batch_size, process_index=process_index,
+                            local_batch_size=local, input_shape=info.input_shape,
+                            stats=_stats(info, standardize))
+  num_batches = math.ceil(len(source) / batch_size)
+  return EvalBatches(grain.MapDataset.range(num_batches).map(loader), info=info,
+                     num_examples=len(source))

@@ -1,0 +1,69 @@
+"""Language-model distillation on top of the ordinary :func:`kdjax.distill_step`.
+
+Batches are ``{'tokens': int [B, L], 'targets': int [B, L], 'mask': bool [B, L]}`` and the state
+is ``DistillState.create(..., input_key='tokens', label_key='targets')``; every term here is
+masked by padding and reduced as a token-weighted mean.
+
+* Token-level terms: :func:`token_cross_entropy_term`, :func:`token_kd_term`,
+  :func:`token_reverse_kd_term`, :func:`token_jensen_shannon_term`, :func:`skew_kl_term`,
+  :func:`skew_reverse_kl_term`.
+* Sparse (top-k) teachers: :func:`sparse_kd_term` (top-k taken inside the step) and
+  :class:`TeacherCache` + :func:`cached_sparse_kd_term` (top-k precomputed once; no teacher
+  forward during training).
+* Sequence-level KD: :func:`greedy_decode`, :func:`beam_search`, :func:`sequence_kd_dataset`.
+* Transformer internals: :func:`hidden_mse_term`, :func:`hidden_cosine_term`,
+  :func:`attention_kl_term`, :func:`attention_mse_term`, with :func:`uniform_layer_map` and
+  :func:`mapped_taps`.
+* Data helpers: :func:`sequence_windows`, :func:`batches`, :func:`perplexity`.
+"""
+from kdjax.lm._cache import TeacherCache
+from kdjax.lm._data import batches
+from kdjax.lm._data import perplexity
+from kdjax.lm._data import sequence_windows
+from kdjax.lm._decode import beam_search
+from kdjax.lm._decode import greedy_decode
+from kdjax.lm._sequence import sequence_kd_dataset
+from kdjax.lm._terms import TOPK_INDICES_KEY
+from kdjax.lm._terms import TOPK_VALUES_KEY
+from kdjax.lm._terms import attention_kl_term
+from kdjax.lm._terms import attention_mse_term
+from kdjax.lm._terms import cached_sparse_kd_term
+from kdjax.lm._terms import hidden_cosine_term
+from kdjax.lm._terms import hidden_mse_term
+from kdjax.lm._terms import mapped_taps
+from kdjax.lm._terms import skew_kl_term
+from kdjax.lm._terms import skew_reverse_kl_term
+from kdjax.lm._terms import sparse_kd_term
+from kdjax.lm._terms import token_cross_entropy_term
+from kdjax.lm._terms import token_jensen_shannon_term
+from kdjax.lm._terms import token_kd_term
+from kdjax.lm._terms import token_mask
+from kdjax.lm._terms import token_reverse_kd_term
+from kdjax.lm._terms import uniform_layer_map
+
+__all__ = [
+    "TOPK_INDICES_KEY",
+    "TOPK_VALUES_KEY",
+    "TeacherCache",
+    "attention_kl_term",
+    "attention_mse_term",
+    "batches",
+    "beam_search",
+    "cached_sparse_kd_term",
+    "greedy_decode",
+    "hidden_cosine_term",
+    "hidden_mse_term",
+    "mapped_taps",
+    "perplexity",
+    "sequence_kd_dataset",
+    "sequence_windows",
+    "skew_kl_term",
+    "skew_reverse_kl_term",
+    "sparse_kd_term",
+    "token_cross_entropy_term",
+    "token_jensen_shannon_term",
+    "token_kd_term",
+    "token_mask",
+    "token_reverse_kd_term",
+    "uniform_layer_map",
+]

@@ -1,0 +1,391 @@
+"""Objective terms for language models, every one masked by padding.
+
+Batches look like ``{'tokens': int [B, L], 'targets': int [B, L], 'mask': bool [B, L]}``; a term
+reads ``batch['mask']`` (``[B, L]`` per token, or ``[B]`` per sequence), passes it to its
+per-token loss from :mod:`kdjax.losses` (so padding never reaches the math, not even as NaN
+gradients) and reduces with a token-weighted mean over the kept positions.
+
+Hidden-state and attention terms read tapped features (``'blocks_{i}'``,
+``'blocks_{i}/attn_probs'``). Several layers pair up either as explicit tap sequences or as a
+``layer_map`` of ``(student_layer, teacher_layer)`` pairs filling ``{}`` in tap templates, e.g.
+``uniform_layer_map(2, 4) == ((0, 1), (1, 3))``; one loss per pair, summed.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from kdjax import losses
+from kdjax.objectives import Term
+from kdjax.objectives import _adapters
+from kdjax.objectives._base import as_tuple, no_params_init, select
+
+TOPK_VALUES_KEY = "teacher_topk_values"
+TOPK_INDICES_KEY = "teacher_topk_indices"
+SPARSE_MODES = ("renormalize", "remainder")
+LayerMap = Sequence[tuple[int, int]]
+
+
+def token_mask(batch: Mapping[str, Any], mask_key: str | None,
+               shape: tuple[int, ...]) -> jax.Array | None:
+  """The ``[B, L]`` bool mask of real tokens in ``batch`` (``None`` when there is none).
+
+  ``batch[mask_key]`` may be per token (``[B, L]``) or per sequence (``[B]``, e.g. the padded
+  tail of an evaluation set); anything else is an error.
+  """
+  if mask_key is None or not isinstance(batch, Mapping) or batch.get(mask_key) is None:
+    return None
+  mask = jnp.asarray(batch[mask_key])
+  if mask.shape == tuple(shape):
+    return mask.astype(bool)
+  if mask.shape == tuple(shape[:1]):
+    return jnp.broadcast_to(mask.astype(bool)[:, None], shape)
+  raise ValueError(f"batch[{mask_key!r}] has shape {mask.shape} but the per-token loss has shape "
+                   f"{tuple(shape)}; give a [batch, length] token mask (or a [batch] sequence "
+                   f"mask), or mask_key=None to use every position")
+
+
+def uniform_layer_map(n_student: int, n_teacher: int) -> tuple[tuple[int, int], ...]:
+  """Pairs each student layer with the last teacher layer of its equal share of the teacher.
+
+  Student layer ``i`` (0-based) learns from teacher layer ``(i + 1) * n_teacher // n_student - 1``:
+  with twice as many teacher layers that is ``2i + 1``, and the last layers always pair up
+  (TinyBERT's ``g(m) = m N / M``, Jiao et al. 2020).
+
+  Returns:
+    ``((student_layer, teacher_layer), ...)``, one pair per student layer.
+  """
+  for name, n in (("n_student", n_student), ("n_teacher", n_teacher)):
+    if not isinstance(n, numbers.Integral) or n < 1:
+      raise ValueError(f"{name} must be a positive number of layers, got {n!r}")
+  if n_student > n_teacher:
+    raise ValueError(f"the student has more layers ({n_student}) than the teacher "
+                     f"({n_teacher}); map a subset explicitly, e.g. layer_map=((0, 0), ...)")
+  return tuple((i, (i + 1) * n_teacher // n_student - 1) for i in range(n_student))
+
+
+def mapped_taps(layer_map: LayerMap, student_tap: str,
+                teacher_tap: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """The student and teacher tap paths a layer map names: ``'{}'`` filled by each layer index.
+
+  Example: ``mapped_taps(((0, 1), (1, 3)), 'blocks_{}/attn_probs')`` gives
+  ``(('blocks_0/attn_probs', 'blocks_1/attn_probs'), ('blocks_1/attn_probs',
+  'blocks_3/attn_probs'))``; pass them as the models' ``taps``.
+  """
+  teacher_tap = student_tap if teacher_tap is None else teacher_tap
+  for tap in (student_tap, teacher_tap):
+    if not isinstance(tap, str) or "{}" not in tap:
+      raise ValueError(f"with a layer_map, taps are templates with '{{}}' for the layer index "
+                       f"(e.g. 'blocks_{{}}/attn_probs'), got {tap!r}")
+  pairs = tuple((int(s), int(t)) for s, t in layer_map)
+  if not pairs:
+    raise ValueError("layer_map is empty; use uniform_layer_map(n_student, n_teacher)")
+  return (tuple(student_tap.format(s) for s, _ in pairs),
+          tuple(teacher_tap.format(t) for _, t in pairs))
+
+
+def _pair_taps(student_tap, teacher_tap, layer_map):
+  if layer_map is not None:
+    return mapped_taps(layer_map, student_tap, teacher_tap)
+  s_taps, t_taps = as_tuple(student_tap), as_tuple(teacher_tap)
+  if len(s_taps) != len(t_taps):
+    raise ValueError(f"student taps {s_taps} and teacher taps {t_taps} must pair up one to one "
+                     "(or give templates and a layer_map)")
+  return s_taps, t_taps
+
+
+def _per_token_term(loss_fn: Callable[..., jax.Array], *, student: Any, teacher: Any,
+                    mask_key: str | None, takes_mask: bool = True, adapter: str | None = None,
+                    prepare: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+                    | None = None, **loss_kwargs) -> Term:
+  """A term summing ``masked_mean(loss_fn(s_i, t_i, mask=m))`` over paired student/teacher arrays.
+
+  ``adapter`` projects each student array onto its teacher's width (trained with the student);
+  ``prepare`` transforms both arrays of a pair before the loss (e.g. a head average).
+  """
+  s_keys, t_keys = as_tuple(student), as_tuple(teacher)
+
+  def arrays(student_out, teacher_out):
+    return ([select(student_out, k, side="student") for k in s_keys],
+            [select(teacher_out, k, side="teacher") for k in t_keys])
+
+  def init(rng, student_out, teacher_out, batch):
+    del batch
+    s, t = arrays(student_out, teacher_out)
+    if adapter is None:
+      for key, s_i, t_i in zip(s_keys, s, t):
+        if s_i.shape[-1] != t_i.shape[-1]:
+          raise ValueError(f"student {key!r} has width {s_i.shape[-1]} but the teacher's has "
+                           f"{t_i.shape[-1]}; pass adapter='linear' to learn a projection")
+      return {}, {}
+    params = {}
+    for i, (s_i, t_i, key) in enumerate(zip(s, t, jax.random.split(rng, len(s)))):
+      proj = _adapters.make_projector(adapter, t_i.shape[-1])
+      params[f"adapter_{i}"] = _adapters.init_projector(key, proj, s_i)
+    return params, {}
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    del step, axis_name  # Per-token means need no cross-device gathering.
+    s, t = arrays(student_out, teacher_out)
+    parts = []
+    for i, (s_i, t_i) in enumerate(zip(s, t)):
+      if adapter is not None:
+        proj = _adapters.make_projector(adapter, t_i.shape[-1])
+        s_i = proj.apply({"params": params[f"adapter_{i}"]}, s_i)
+      if prepare is not None:
+        s_i, t_i = prepare(s_i, t_i)
+      mask = token_mask(batch, mask_key, _token_shape(s_i))
+      if takes_mask:
+        values = loss_fn(s_i, t_i, mask=mask, **loss_kwargs)
+      else:
+        if mask is not None:  # Zero padding first, so non-finite values cannot reach gradients.
+          keep = mask.reshape(mask.shape + (1,) * (s_i.ndim - mask.ndim))
+          s_i = jnp.where(keep, s_i, jnp.zeros((), s_i.dtype))
+          t_i = jnp.where(keep, t_i, jnp.zeros((), t_i.dtype))
+        values = loss_fn(s_i, t_i, **loss_kwargs)
+      parts.append(losses.masked_mean(values, mask))
+    return sum(parts[1:], parts[0]), state, {}
+
+  return Term(init, apply)
+
+
+def _token_shape(x: jax.Array) -> tuple[int, ...]:
+  """``[B, L]`` of a ``[B, L, ...]`` array, or ``[B, Lq]`` of ``[B, H, Lq, Lk]`` attention."""
+  return (x.shape[0], x.shape[2]) if x.ndim == 4 else x.shape[:-1]
+
+
+# Response-based, per token ------------------------------------------------------------------
+
+
+def token_kd_term(temperature: float = 1.0, *, mask_key: str | None = "mask") -> Term:
+  """Word-level KD: ``T^2 KL(p_t || p_s)`` per token (:func:`kdjax.losses.token_kd`)."""
+  _check_temperature(temperature)
+  return _per_token_term(losses.token_kd, student="logits", teacher="logits", mask_key=mask_key,
+                         temperature=temperature)
+
+
+def token_reverse_kd_term(temperature: float = 1.0, *, mask_key: str | None = "mask") -> Term:
+  """Reverse KL ``T^2 KL(p_s || p_t)`` per token (MiniLLM, mode-seeking).
+
+  See :func:`kdjax.losses.token_reverse_kd`.
+  """
+  _check_temperature(temperature)
+  return _per_token_term(losses.token_reverse_kd, student="logits", teacher="logits",
+                         mask_key=mask_key, temperature=temperature)
+
+
+def token_jensen_shannon_term(temperature: float = 1.0, *,
+                              mask_key: str | None = "mask") -> Term:
+  """Jensen-Shannon divergence per token (GKD; :func:`kdjax.losses.token_jensen_shannon`)."""
+  _check_temperature(temperature)
+  return _per_token_term(losses.token_jensen_shannon, student="logits", teacher="logits",
+                         mask_key=mask_key, temperature=temperature)
+
+
+def skew_kl_term(alpha: float = 0.1, *, temperature: float = 1.0,
+                 mask_key: str | None = "mask") -> Term:
+  """Skew KL ``KL(p_t || a p_t + (1 - a) p_s)`` per token (DistiLLM).
+
+  See :func:`kdjax.losses.skew_kl`.
+  """
+  _check_temperature(temperature)
+  return _per_token_term(losses.skew_kl, student="logits", teacher="logits", mask_key=mask_key,
+                         alpha=alpha, temperature=temperature)
+
+
+def skew_reverse_kl_term(alpha: float = 0.1, *, temperature: float = 1.0,
+                         mask_key: str | None = "mask") -> Term:
+  """Skew reverse KL ``KL(p_s || a p_s + (1 - a) p_t)`` per token
+  (DistiLLM; :func:`kdjax.losses.skew_reverse_kl`)."""
+  _check_temperature(temperature)
+  return _per_token_term(losses.skew_reverse_kl, student="logits", teacher="logits",
+                         mask_key=mask_key, alpha=alpha, temperature=temperature)
+
+
+def token_cross_entropy_term(label_smoothing: float = 0.0, *, label_key: str = "targets",
+                             mask_key: str | None = "mask") -> Term:
+  """Next-token cross-entropy of the student against ``batch[label_key]``, masked by padding.
+
+  Targets at masked positions are ignored (any integer, e.g. ``-1``, is fine there). Its metrics
+  add ``perplexity``, ``exp`` of the masked mean cross-entropy (without smoothing it is the
+  batch's perplexity).
+  """
+  if isinstance(label_smoothing, numbers.Number) and not 0.0 <= label_smoothing <= 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    del params, teacher_out, step, axis_name
+    logits = select(student_out, "logits", side="student")
+    if label_key not in batch:
+      raise ValueError(f"the batch has no {label_key!r} entry (it has {sorted(batch)}); pass "
+                       "label_key=... naming the next-token targets")
+    targets = jnp.asarray(batch[label_key])
+    mask = token_mask(batch, mask_key, targets.shape)
+    if mask is not None:
+      targets = jnp.where(mask, targets, jnp.zeros((), targets.dtype))
+    values = losses.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    loss = losses.masked_mean(values, mask)
+    return loss, state, {"perplexity": jnp.exp(loss)}
+
+  return Term(no_params_init, apply)
+
+
+# Sparse (top-k) teachers ----------------------------------------------------------------------
+
+
+def _check_sparse(mode, temperature):
+  if mode not in SPARSE_MODES:
+    raise ValueError(f"mode must be one of {SPARSE_MODES}, got {mode!r}")
+  _check_temperature(temperature)
+
+
+def sparse_kd_term(k: int, *, mode: str = "renormalize", temperature: float = 1.0,
+                   mask_key: str | None = "mask") -> Term:
+  """Token KD against the teacher's top-``k`` tokens, taken from its logits inside the step.
+
+  ``mode='renormalize'`` matches the student to the teacher's softmax over its top-k tokens;
+  ``mode='remainder'`` also matches the probability mass outside them (see
+  :func:`kdjax.losses.sparse_kd`). With ``k = vocab`` both equal :func:`token_kd_term`. To skip
+  the teacher forward altogether, precompute the top-k with :class:`kdjax.lm.TeacherCache` and
+  use :func:`cached_sparse_kd_term`.
+  """
+  if not isinstance(k, numbers.Integral) or k < 1:
+    raise ValueError(f"k must be a positive integer, got {k!r}")
+  _check_sparse(mode, temperature)
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    del params, step, axis_name
+    s = select(student_out, "logits", side="student")
+    t = select(teacher_out, "logits", side="teacher")
+    if k > t.shape[-1]:
+      raise ValueError(f"k={k} exceeds the vocabulary size {t.shape[-1]}")
+    values, indices = losses.topk_teacher_logits(
+        t, int(k), log_probs=mode == "remainder", temperature=temperature)
+    values = jax.lax.stop_gradient(values)
+    return _sparse_loss(s, values, indices, batch, mode, temperature, mask_key), state, {}
+
+  return Term(no_params_init, apply)
+
+
+def cached_sparse_kd_term(*, mode: str = "renormalize", temperature: float = 1.0,
+                          values_key: str = TOPK_VALUES_KEY, indices_key: str = TOPK_INDICES_KEY,
+                          mask_key: str | None = "mask") -> Term:
+  """Token KD against a teacher top-k read from the batch: no teacher forward in the step.
+
+  Reads ``batch[values_key]`` (float ``[B, L, k]``) and ``batch[indices_key]`` (int
+  ``[B, L, k]``) as written by :class:`kdjax.lm.TeacherCache` (whose :meth:`~TeacherCache.term`
+  builds this term with the matching ``mode`` and ``temperature``). ``mode='renormalize'`` wants
+  raw teacher logits (any ``temperature`` then works); ``mode='remainder'`` wants the teacher's
+  log-probabilities at this very ``temperature``. Use it with ``DistillState.create(teacher=None,
+  ...)``.
+  """
+  _check_sparse(mode, temperature)
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    del params, teacher_out, step, axis_name
+    for key in (values_key, indices_key):
+      if key not in batch:
+        raise ValueError(f"the batch has no {key!r} entry (it has {sorted(batch)}); add the "
+                         "teacher's cached top-k with TeacherCache.attach(data)")
+    s = select(student_out, "logits", side="student")
+    values = jax.lax.stop_gradient(jnp.asarray(batch[values_key]))
+    indices = jnp.asarray(batch[indices_key])
+    return _sparse_loss(s, values, indices, batch, mode, temperature, mask_key), state, {}
+
+  return Term(no_params_init, apply)
+
+
+def _sparse_loss(student_logits, values, indices, batch, mode, temperature, mask_key):
+  mask = token_mask(batch, mask_key, student_logits.shape[:-1])
+  values = losses.sparse_kd(student_logits, values, indices, temperature=temperature, mode=mode,
+                            mask=mask)
+  return losses.masked_mean(values, mask)
+
+
+# Hidden states and attention ------------------------------------------------------------------
+
+
+def hidden_mse_term(student_tap: str | Sequence[str], teacher_tap: str | Sequence[str], *,
+                    adapter: str | None = None, layer_map: LayerMap | None = None,
+                    mask_key: str | None = "mask") -> Term:
+  """TinyBERT hidden-state loss: per-token MSE between (projected) student and teacher states.
+
+  Args:
+    student_tap: tap path(s) of ``[B, L, D_s]`` hidden states (e.g. ``'blocks_0'``), or a
+      template ``'blocks_{}'`` with ``layer_map``.
+    teacher_tap: the teacher's, paired one to one, ``[B, L, D_t]``.
+    adapter: ``'linear'`` learns TinyBERT's ``W_h`` (one per pair), needed when ``D_s != D_t``;
+      ``'mlp'`` a two-layer projection; ``None`` compares the states as they are.
+    layer_map: ``(student_layer, teacher_layer)`` pairs, e.g. :func:`uniform_layer_map`.
+    mask_key: batch key of the padding mask.
+  """
+  s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
+  return _per_token_term(losses.hidden_mse, student=s_taps, teacher=t_taps, adapter=adapter,
+                         mask_key=mask_key)
+
+
+def hidden_cosine_term(student_tap: str | Sequence[str], teacher_tap: str | Sequence[str], *,
+                       adapter: str | None = None, layer_map: LayerMap | None = None,
+                       mask_key: str | None = "mask") -> Term:
+  """DistilBERT's cosine loss: per-token ``1 - cos(h_s, h_t)`` between hidden states.
+
+  Arguments as in :func:`hidden_mse_term`; ``adapter='linear'`` projects the student's states
+  onto the teacher's width when they differ.
+  """
+  s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
+  return _per_token_term(losses.cosine_distance, student=s_taps, teacher=t_taps,
+                         adapter=adapter, takes_mask=False, mask_key=mask_key)
+
+
+def _heads(head_reduction):
+  if head_reduction not in (None, "mean"):
+    raise ValueError(f"head_reduction must be None or 'mean', got {head_reduction!r}")
+  if head_reduction is None:
+    return None
+
+  def mean_heads(s, t):  # [B, H, Lq, Lk] -> [B, 1, Lq, Lk]; a mean of distributions is one.
+    return jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
+  return mean_heads
+
+
+def attention_kl_term(student_tap: str | Sequence[str] = "blocks_{}/attn_probs",
+                      teacher_tap: str | Sequence[str] = "blocks_{}/attn_probs", *,
+                      layer_map: LayerMap | None = None, head_reduction: str | None = None,
+                      mask_key: str | None = "mask") -> Term:
+  """MiniLM attention transfer: per-query ``KL(a_t || a_s)`` of attention probabilities.
+
+  Args:
+    student_tap: tap path(s) of ``[B, H, L, L]`` attention probabilities, or a template with
+      ``layer_map`` (the default template fits the zoo's ``transformer_lm``).
+    teacher_tap: the teacher's, paired one to one.
+    layer_map: ``(student_layer, teacher_layer)`` pairs, e.g. :func:`uniform_layer_map`.
+    head_reduction: ``None`` compares head by head (equal head counts); ``'mean'`` averages the
+      heads of each side first, so head counts may differ.
+    mask_key: batch key of the padding mask; masked queries are ignored.
+  """
+  s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
+  return _per_token_term(losses.attention_kl, student=s_taps, teacher=t_taps, mask_key=mask_key,
+                         prepare=_heads(head_reduction))
+
+
+def attention_mse_term(student_tap: str | Sequence[str] = "blocks_{}/attn_probs",
+                       teacher_tap: str | Sequence[str] = "blocks_{}/attn_probs", *,
+                       layer_map: LayerMap | None = None, head_reduction: str | None = None,
+                       mask_key: str | None = "mask") -> Term:
+  """TinyBERT attention loss: per-query MSE between attention matrices.
+
+  Arguments as in :func:`attention_kl_term`. TinyBERT matches pre-softmax scores; the zoo's
+  models expose probabilities, which this term compares just as well.
+  """
+  s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
+  return _per_token_term(losses.attention_mse, student=s_taps, teacher=t_taps, mask_key=mask_key,
+                         prepare=_heads(head_reduction))
+
+
+def _check_temperature(temperature):
+  if isinstance(temperature, numbers.Number) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}; typical values for language "
+                     "models are 1-2")

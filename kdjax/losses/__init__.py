@@ -1,0 +1,73 @@
+"""Distillation losses: pure functions of arrays, optax style.
+
+Per-example (or per-token) losses return one value per example, shape ``logits.shape[:-1]``
+(``[batch]`` for feature maps); the caller reduces them. Batch-level losses (relations and DIST)
+return a scalar. Inputs of any float dtype are computed in float32 (float64 stays float64).
+Conventions: ``p^T = softmax(z / T)``; temperature-scaled divergences are multiplied by ``T^2``;
+``kd`` is the forward ``KL(teacher || student)``; feature maps are channel-last.
+"""
+# Response-based.
+from kdjax.losses._response import cross_entropy
+from kdjax.losses._response import dist
+from kdjax.losses._response import dkd
+from kdjax.losses._response import jensen_shannon
+from kdjax.losses._response import kd
+from kdjax.losses._response import logit_mse
+from kdjax.losses._response import reverse_kd
+from kdjax.losses._response import soft_cross_entropy
+from kdjax.losses._response import standardize_logits
+# Feature-based.
+from kdjax.losses._feature import attention_transfer
+from kdjax.losses._feature import cosine_distance
+from kdjax.losses._feature import feature_mse
+from kdjax.losses._feature import nst
+# Relation-based (batch-level, scalar).
+from kdjax.losses._relation import cka
+from kdjax.losses._relation import pkt
+from kdjax.losses._relation import rkd_angle
+from kdjax.losses._relation import rkd_distance
+from kdjax.losses._relation import similarity_preserving
+# Language models (per-token, optional mask).
+from kdjax.losses._language import attention_kl
+from kdjax.losses._language import attention_mse
+from kdjax.losses._language import hidden_mse
+from kdjax.losses._language import masked_mean
+from kdjax.losses._language import skew_kl
+from kdjax.losses._language import skew_reverse_kl
+from kdjax.losses._language import sparse_kd
+from kdjax.losses._language import token_jensen_shannon
+from kdjax.losses._language import token_kd
+from kdjax.losses._language import token_reverse_kd
+from kdjax.losses._language import topk_teacher_logits
+
+__all__ = (
+    "attention_kl",
+    "attention_mse",
+    "attention_transfer",
+    "cka",
+    "cosine_distance",
+    "cross_entropy",
+    "dist",
+    "dkd",
+    "feature_mse",
+    "hidden_mse",
+    "jensen_shannon",
+    "kd",
+    "logit_mse",
+    "masked_mean",
+    "nst",
+    "pkt",
+    "reverse_kd",
+    "rkd_angle",
+    "rkd_distance",
+    "similarity_preserving",
+    "skew_kl",
+    "skew_reverse_kl",
+    "soft_cross_entropy",
+    "sparse_kd",
+    "standardize_logits",
+    "token_jensen_shannon",
+    "token_kd",
+    "token_reverse_kd",
+    "topk_teacher_logits",
+)

@@ -1,0 +1,541 @@
+"""Token-level losses for language models: per-token divergences, sparse top-k teachers and
+Transformer hidden-state / attention matching.
+
+Logits are ``[batch, length, vocab]`` (any ``[..., vocab]`` works); every loss returns one value
+per token, shape ``logits.shape[:-1]``. Where a ``mask`` (``[batch, length]``, bool or 0/1) is
+given, masked positions return exactly 0 (even if their inputs are not finite); reduce with
+:func:`masked_mean`.
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from kdjax.losses import _utils
+
+
+def masked_mean(values: jax.typing.ArrayLike,
+                mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Mean of ``values`` over the positions ``mask`` keeps.
+
+  .. math::
+    \frac{\sum_i m_i v_i}{\max(\sum_i m_i, 1)}
+
+  Args:
+    values: per-token values, any shape (e.g. ``[batch, length]``).
+    mask: same shape as ``values``, bool or 0/1; ``None`` keeps every position.
+
+  Returns:
+    A scalar, float32; 0 when the mask keeps nothing.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.masked_mean(jnp.array([[1.0, 3.0, 100.0]]), jnp.array([[1, 1, 0]]))
+    Array(2., dtype=float32)
+
+  Convention: a token-weighted mean (every kept token counts once, whatever its sequence).
+  """
+  (v,) = _utils.as_float(values)
+  if mask is None:
+    return jnp.mean(v)
+  m = _utils.check_mask(mask, v.shape)
+  total = jnp.sum(jnp.where(m, v, jnp.zeros((), v.dtype)))
+  count = jnp.sum(m.astype(v.dtype))
+  return total / jnp.maximum(count, 1.0)
+
+
+def _token_log_probs(student_logits, teacher_logits, temperature, mask):
+  s, t = _utils.as_float(student_logits, teacher_logits)
+  _utils.check_logits_pair(s, t)
+  _utils.check_temperature(temperature)
+  mask = _utils.check_mask(mask, s.shape[:-1])
+  s, t = _utils.mask_inputs(mask, s, t)
+  temp = jnp.asarray(temperature, s.dtype)
+  return _utils.log_softmax(s, temp), _utils.log_softmax(t, temp), temp, mask
+
+
+def token_kd(student_logits: jax.typing.ArrayLike,
+             teacher_logits: jax.typing.ArrayLike,
+             *,
+             temperature: jax.typing.ArrayLike = 1.0,
+             mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token forward KL distillation (word-level KD).
+
+  .. math::
+    \ell_{b,l} = T^2\, \mathrm{KL}(p_t^T[b,l] \,\|\, p_s^T[b,l])
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    teacher_logits: teacher logits, same shape.
+    temperature: softmax temperature ``T > 0``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> s = jnp.zeros((1, 3, 5)); t = jnp.ones((1, 3, 5)).at[..., 0].set(4.0)
+    >>> losses.token_kd(s, t, mask=jnp.array([[1, 1, 0]]))[0, 2]
+    Array(0., dtype=float32)
+
+  References:
+    Y. Kim, A. M. Rush, "Sequence-Level Knowledge Distillation", 2016.
+
+  Convention: forward KL(teacher || student), scaled by T^2; :func:`kd` with a mask.
+  """
+  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
+                                                mask)
+  return _utils.apply_mask(temp**2 * _utils.kl_from_log_probs(log_pt, log_ps), mask)
+
+
+def token_reverse_kd(student_logits: jax.typing.ArrayLike,
+                     teacher_logits: jax.typing.ArrayLike,
+                     *,
+                     temperature: jax.typing.ArrayLike = 1.0,
+                     mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token reverse KL distillation (mode-seeking).
+
+  .. math::
+    \ell_{b,l} = T^2\, \mathrm{KL}(p_s^T[b,l] \,\|\, p_t^T[b,l])
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    teacher_logits: teacher logits, same shape.
+    temperature: softmax temperature ``T > 0``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.token_reverse_kd(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3, 5))).shape
+    (2, 3)
+
+  References:
+    Y. Gu, L. Dong, F. Wei, M. Huang, "MiniLLM: Knowledge Distillation of Large Language
+    Models", 2024.
+
+  Convention: reverse KL(student || teacher), scaled by T^2.
+  """
+  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
+                                                mask)
+  return _utils.apply_mask(temp**2 * _utils.kl_from_log_probs(log_ps, log_pt), mask)
+
+
+def token_jensen_shannon(student_logits: jax.typing.ArrayLike,
+                         teacher_logits: jax.typing.ArrayLike,
+                         *,
+                         temperature: jax.typing.ArrayLike = 1.0,
+                         mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token Jensen-Shannon divergence.
+
+  .. math::
+    \ell_{b,l} = \frac{T^2}{2}\left(\mathrm{KL}(p_t^T \,\|\, m) + \mathrm{KL}(p_s^T \,\|\, m)
+    \right),\qquad m = \tfrac12 (p_s^T + p_t^T)
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    teacher_logits: teacher logits, same shape.
+    temperature: softmax temperature ``T > 0``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.token_jensen_shannon(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3, 5))).shape
+    (2, 3)
+
+  References:
+    R. Agarwal, N. Vieillard, Y. Zhou, P. Stanczyk, S. Ramos, M. Geist, O. Bachem,
+    "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", 2024.
+
+  Convention: symmetric, natural logarithm, scaled by T^2.
+  """
+  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
+                                                mask)
+  return _utils.apply_mask(temp**2 * _utils.js_from_log_probs(log_ps, log_pt), mask)
+
+
+def _skew(log_p, log_q, alpha):
+  """``KL(p || alpha p + (1 - alpha) q)`` over the last axis."""
+  log_mix = _utils.logaddexp(jnp.log(alpha) + log_p, jnp.log1p(-alpha) + log_q)
+  return _utils.kl_from_log_probs(log_p, log_mix)
+
+
+def skew_kl(student_logits: jax.typing.ArrayLike,
+            teacher_logits: jax.typing.ArrayLike,
+            *,
+            alpha: jax.typing.ArrayLike = 0.1,
+            temperature: jax.typing.ArrayLike = 1.0,
+            mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token skew KL: forward KL from the teacher to a teacher-student mixture.
+
+  .. math::
+    \ell_{b,l} = T^2\, \mathrm{KL}\big(p_t^T \,\|\, \alpha p_t^T + (1 - \alpha) p_s^T\big)
+
+  Bounded by ``-T^2 log(alpha)``, so its gradients stay tame when the student puts almost no
+  mass where the teacher does; ``alpha = 0`` is :func:`token_kd`.
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    teacher_logits: teacher logits, same shape.
+    alpha: skew in ``[0, 1]``.
+    temperature: softmax temperature ``T > 0``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> s = jnp.zeros((1, 2, 4)); t = jnp.arange(8.0).reshape(1, 2, 4)
+    >>> bool(jnp.all(losses.skew_kl(s, t) <= -jnp.log(0.1)))
+    True
+
+  References:
+    J. Ko, S. Kim, T. Chen, S.-Y. Yun, "DistiLLM: Towards Streamlined Distillation for Large
+    Language Models", 2024.
+
+  Convention: the teacher is mixed into the student side of a forward KL; scaled by T^2.
+  """
+  _utils.check_fraction(alpha, "alpha")
+  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
+                                                mask)
+  alpha = jnp.asarray(alpha, log_ps.dtype)
+  return _utils.apply_mask(temp**2 * _skew(log_pt, log_ps, alpha), mask)
+
+
+def skew_reverse_kl(student_logits: jax.typing.ArrayLike,
+                    teacher_logits: jax.typing.ArrayLike,
+                    *,
+                    alpha: jax.typing.ArrayLike = 0.1,
+                    temperature: jax.typing.ArrayLike = 1.0,
+                    mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token skew reverse KL: reverse KL from the student to a student-teacher mixture.
+
+  .. math::
+    \ell_{b,l} = T^2\, \mathrm{KL}\big(p_s^T \,\|\, \alpha p_s^T + (1 - \alpha) p_t^T\big)
+
+  ``alpha = 0`` is :func:`token_reverse_kd`.
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    teacher_logits: teacher logits, same shape.
+    alpha: skew in ``[0, 1]``.
+    temperature: softmax temperature ``T > 0``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.skew_reverse_kl(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3, 5))).shape
+    (2, 3)
+
+  References:
+    J. Ko, S. Kim, T. Chen, S.-Y. Yun, "DistiLLM: Towards Streamlined Distillation for Large
+    Language Models", 2024.
+
+  Convention: the student is mixed into the teacher side of a reverse KL; scaled by T^2.
+  """
+  _utils.check_fraction(alpha, "alpha")
+  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
+                                                mask)
+  alpha = jnp.asarray(alpha, log_ps.dtype)
+  return _utils.apply_mask(temp**2 * _skew(log_ps, log_pt, alpha), mask)
+
+
+def topk_teacher_logits(teacher_logits: jax.typing.ArrayLike,
+                        k: int,
+                        *,
+                        log_probs: bool = False,
+                        temperature: jax.typing.ArrayLike = 1.0) -> tuple[jax.Array, jax.Array]:
+  r"""The teacher's ``k`` largest logits (or log-probabilities) per token, for :func:`sparse_kd`.
+
+  Args:
+    teacher_logits: teacher logits, shape ``[..., vocab]``.
+    k: how many entries to keep, ``1 <= k <= vocab``.
+    log_probs: return ``log softmax(z / T)`` of the full vocabulary at the top-k entries
+      (what ``sparse_kd(..., mode='remainder')`` needs) instead of the raw logits.
+    temperature: the ``T`` of ``log_probs`` (ignored for raw logits); use the temperature you
+      will pass to :func:`sparse_kd`.
+
+  Returns:
+    ``(values, indices)``: float32 values of shape ``[..., k]`` in decreasing order and their
+    int32 vocabulary indices, same shape.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> values, indices = losses.topk_teacher_logits(jnp.array([[0.0, 5.0, 1.0, 3.0]]), 2)
+    >>> indices
+    Array([[1, 3]], dtype=int32)
+  """
+  (t,) = _utils.as_float(teacher_logits)
+  if t.ndim < 1:
+    raise ValueError(f"teacher logits need a vocabulary axis, got shape {t.shape}")
+  if not isinstance(k, numbers.Integral) or not 1 <= k <= t.shape[-1]:
+    raise ValueError(f"k must be an integer in [1, vocab={t.shape[-1]}], got {k!r}")
+  if log_probs:
+    _utils.check_temperature(temperature)
+    t = _utils.log_softmax(t, jnp.asarray(temperature, t.dtype))
+  values, indices = jax.lax.top_k(t, int(k))
+  return values, indices.astype(jnp.int32)
+
+
+def _log1mexp(x: jax.Array) -> jax.Array:
+  """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends; ``-inf`` at ``x >= 0``."""
+  neg = x < 0
+  x = jnp.where(neg, x, -jnp.ones((), x.dtype))  # keeps log(0) out of value and gradient
+  value = jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+  return jnp.where(neg, value, jnp.full((), -jnp.inf, x.dtype))
+
+
+def sparse_kd(student_logits: jax.typing.ArrayLike,
+              topk_values: jax.typing.ArrayLike,
+              topk_indices: jax.typing.ArrayLike,
+              *,
+              temperature: jax.typing.ArrayLike = 1.0,
+              mode: str = "renormalize",
+              mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token forward KL against a teacher known only through its top-k entries.
+
+  With the student's full-vocabulary ``log p_s^T = log softmax(z_s / T)`` gathered at the
+  teacher's indices ``I`` (``|I| = k``):
+
+  * ``mode='renormalize'``: ``topk_values`` are teacher **logits** (``topk_teacher_logits(t,
+    k)``). The teacher is ``q = softmax(v / T)`` over ``I`` and 0 elsewhere:
+
+    .. math::
+      \ell = T^2 \sum_{i \in I} q_i (\log q_i - \log p_s^T[i])
+
+  * ``mode='remainder'``: ``topk_values`` are teacher **log-probabilities of its full
+    distribution at the same temperature** (``topk_teacher_logits(t, k, log_probs=True,
+    temperature=T)``); they are not rescaled here. The mass outside the top-k forms a
+    (k+1)-th bucket, matched against the student's mass outside ``I``:
+
+    .. math::
+      \ell = T^2 \Big(\sum_{i \in I} q_i (\log q_i - \log p_s^T[i])
+           + r_t (\log r_t - \log r_s)\Big),\quad
+      r_t = 1 - \sum_{i \in I} q_i,\ r_s = 1 - \sum_{i \in I} p_s^T[i]
+
+  With ``k = vocab`` both modes equal :func:`token_kd`.
+
+  Args:
+    student_logits: student logits, shape ``[batch, length, vocab]``.
+    topk_values: teacher top-k values, shape ``[batch, length, k]`` (see ``mode``).
+    topk_indices: their distinct vocabulary indices, integer, shape ``[batch, length, k]``.
+    temperature: softmax temperature ``T > 0``.
+    mode: ``'renormalize'`` or ``'remainder'``.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> s = jnp.zeros((1, 2, 6)); t = jnp.arange(12.0).reshape(1, 2, 6)
+    >>> v, i = losses.topk_teacher_logits(t, 6)
+    >>> bool(jnp.allclose(losses.sparse_kd(s, v, i), losses.token_kd(s, t)))
+    True
+
+  References:
+    Y. Kim, A. M. Rush, "Sequence-Level Knowledge Distillation", 2016 (top-k teacher
+    distributions for word-level KD).
+
+  Convention: forward KL(teacher || student), scaled by T^2 like :func:`token_kd`.
+  """
+  if mode not in ("renormalize", "remainder"):
+    raise ValueError(f"mode must be 'renormalize' or 'remainder', got {mode!r}")
+  s, v = _utils.as_float(student_logits, topk_values)
+  idx = jnp.asarray(topk_indices)
+  if not jnp.issubdtype(idx.dtype, jnp.integer):
+    raise ValueError(f"topk_indices must be integer vocabulary indices, got dtype {idx.dtype}")
+  if v.shape != idx.shape:
+    raise ValueError(f"topk_values have shape {v.shape} but topk_indices have {idx.shape}; pass "
+                     "both outputs of topk_teacher_logits")
+  if s.ndim < 1 or v.ndim != s.ndim or v.shape[:-1] != s.shape[:-1]:
+    raise ValueError(f"student logits have shape {s.shape} but the teacher's top-k arrays have "
+                     f"{v.shape}; they must share the leading axes, [..., vocab] vs [..., k]")
+  vocab, k = s.shape[-1], v.shape[-1]
+  if not 1 <= k <= vocab:
+    raise ValueError(f"the teacher gives k={k} entries but the student's vocabulary has {vocab}; "
+                     "give both models the same vocabulary")
+  _utils.check_temperature(temperature)
+  mask = _utils.check_mask(mask, s.shape[:-1])
+  idx = idx.astype(jnp.int32)
+  s, v = _utils.mask_inputs(mask, s, v)
+  temp = jnp.asarray(temperature, s.dtype)
+
+  z_s = s / temp
+  lse_s = jax.nn.logsumexp(z_s, axis=-1, keepdims=True)
+  log_ps_k = jnp.take_along_axis(z_s, idx, axis=-1) - lse_s
+
+  if mode == "renormalize":
+    log_q = jax.nn.log_softmax(v / temp, axis=-1)
+    loss = _utils.kl_from_log_probs(log_q, log_ps_k)
+  else:
+    loss = _utils.kl_from_log_probs(v, log_ps_k)
+    if k < vocab:  # With k = vocab there is no remainder, by construction.
+      log_r_t = _log1mexp(jax.nn.logsumexp(v, axis=-1))
+      outside = jnp.put_along_axis(jnp.ones(s.shape, bool), idx, False, axis=-1,
+                                   inplace=False)
+      # Top-k indices are distinct, so k < vocab leaves at least one class outside.
+      lse_out = jax.nn.logsumexp(jnp.where(outside, z_s, -jnp.inf), axis=-1)
+      log_r_s = lse_out - lse_s[..., 0]
+      loss = loss + _utils.kl_terms(log_r_t, log_r_s)
+  return _utils.apply_mask(temp**2 * loss, mask)
+
+
+def hidden_mse(student_hidden: jax.typing.ArrayLike,
+               teacher_hidden: jax.typing.ArrayLike,
+               mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-token mean squared error between hidden states.
+
+  .. math::
+    \ell_{b,l} = \frac1D \sum_d (h_s[b,l,d] - h_t[b,l,d])^2
+
+  Args:
+    student_hidden: student hidden states, shape ``[batch, length, D]`` (projected onto the
+      teacher's width by an adapter if the widths differ).
+    teacher_hidden: teacher hidden states, same shape.
+    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+
+  Returns:
+    Per-token loss, shape ``[batch, length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.hidden_mse(jnp.ones((1, 2, 4)), jnp.zeros((1, 2, 4)))
+    Array([[1., 1.]], dtype=float32)
+
+  References:
+    X. Jiao et al., "TinyBERT: Distilling BERT for Natural Language Understanding", 2020.
+
+  Convention: mean (not sum) over the hidden features.
+  """
+  s, t = _utils.as_float(student_hidden, teacher_hidden)
+  if s.shape != t.shape:
+    raise ValueError(f"student hidden states have shape {s.shape} but teacher hidden states have "
+                     f"{t.shape}; project the student onto the teacher's width with an adapter "
+                     "(TinyBERT's W_h), e.g. objectives.feature_mse(..., adapter='linear')")
+  if s.ndim < 1:
+    raise ValueError(f"hidden states need a feature axis, got shape {s.shape}")
+  mask = _utils.check_mask(mask, s.shape[:-1])
+  s, t = _utils.mask_inputs(mask, s, t)
+  return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=-1), mask)
+
+
+def _check_attention(s: jax.Array, t: jax.Array, what: str) -> None:
+  if s.ndim != 4:
+    raise ValueError(f"{what} must have shape [batch, heads, query_length, key_length], got "
+                     f"{s.shape}")
+  if s.shape != t.shape:
+    raise ValueError(f"student {what} have shape {s.shape} but teacher {what} have {t.shape}; "
+                     "match layers with the same number of heads and the same sequences")
+
+
+def _mask_queries(mask, s, t):
+  """Zeroes masked queries of ``[B, H, Lq, Lk]`` inputs before any math (see ``mask_inputs``)."""
+  if mask is None:
+    return s, t
+  m = mask[:, None, :, None]
+  zero = jnp.zeros((), s.dtype)
+  return jnp.where(m, s, zero), jnp.where(m, t, zero)
+
+
+def attention_kl(student_attn_probs: jax.typing.ArrayLike,
+                 teacher_attn_probs: jax.typing.ArrayLike,
+                 mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-query KL between teacher and student attention distributions, averaged over heads.
+
+  .. math::
+    \ell_{b,q} = \frac1H \sum_h \sum_k a_t[b,h,q,k]\,
+    \big(\log a_t[b,h,q,k] - \log \max(a_s[b,h,q,k], \epsilon)\big)
+
+  with ``epsilon`` the smallest normal float32, so a student probability of exactly 0 where
+  the teacher's is not gives a large finite value; teacher zeros contribute 0.
+
+  Args:
+    student_attn_probs: student attention probabilities (rows sum to 1), shape
+      ``[batch, heads, query_length, key_length]``.
+    teacher_attn_probs: teacher attention probabilities, same shape.
+    mask: ``[batch, query_length]`` bool or 0/1; masked queries return 0.
+
+  Returns:
+    Per-query loss, shape ``[batch, query_length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> a = jnp.full((1, 2, 3, 4), 0.25)
+    >>> losses.attention_kl(a, a)
+    Array([[0., 0., 0.]], dtype=float32)
+
+  References:
+    W. Wang, F. Wei, L. Dong, H. Bao, N. Yang, M. Zhou, "MiniLM: Deep Self-Attention
+    Distillation for Task-Agnostic Compression of Pre-Trained Transformers", 2020.
+
+  Convention: forward KL(teacher || student) over the keys, mean over the heads.
+  """
+  s, t = _utils.as_float(student_attn_probs, teacher_attn_probs)
+  _check_attention(s, t, "attention probabilities")
+  mask = _utils.check_mask(mask, (s.shape[0], s.shape[2]))
+  s, t = _mask_queries(mask, s, t)
+  tiny = jnp.finfo(s.dtype).tiny
+  positive = t > 0
+  log_t = jnp.log(jnp.where(positive, t, jnp.ones((), t.dtype)))
+  terms = jnp.where(positive, t * (log_t - jnp.log(jnp.maximum(s, tiny))),
+                    jnp.zeros((), t.dtype))
+  return _utils.apply_mask(jnp.mean(jnp.sum(terms, axis=-1), axis=1), mask)
+
+
+def attention_mse(student_attn: jax.typing.ArrayLike,
+                  teacher_attn: jax.typing.ArrayLike,
+                  mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Per-query mean squared error between attention matrices (scores or probabilities).
+
+  .. math::
+    \ell_{b,q} = \frac{1}{H K} \sum_{h,k} (A_s[b,h,q,k] - A_t[b,h,q,k])^2
+
+  Args:
+    student_attn: student attention scores, shape ``[batch, heads, query_length,
+      key_length]``. Masked keys must hold finite values (e.g. the scores before the additive
+      mask, or 0), since ``-inf - -inf`` is undefined.
+    teacher_attn: teacher attention scores, same shape.
+    mask: ``[batch, query_length]`` bool or 0/1; masked queries return 0.
+
+  Returns:
+    Per-query loss, shape ``[batch, query_length]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.attention_mse(jnp.ones((1, 2, 3, 4)), jnp.zeros((1, 2, 3, 4)))
+    Array([[1., 1., 1.]], dtype=float32)
+
+  References:
+    X. Jiao et al., "TinyBERT: Distilling BERT for Natural Language Understanding", 2020.
+
+  Convention: TinyBERT matches the unnormalised attention scores; mean over heads and keys.
+  """
+  s, t = _utils.as_float(student_attn, teacher_attn)
+  _check_attention(s, t, "attention scores")
+  mask = _utils.check_mask(mask, (s.shape[0], s.shape[2]))
+  s, t = _mask_queries(mask, s, t)
+  return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=(1, 3)), mask)

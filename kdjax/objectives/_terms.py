@@ -1,0 +1,233 @@
+"""Ready-made terms: every kdjax loss lifted into an objective term.
+
+``from_loss`` lifts any loss of ``kdjax.losses`` (or your own) into a :class:`Term`: it reads the
+student's and teacher's arrays (``'logits'`` or a tap path), optionally passes them through a
+trainable adapter, calls the loss and reduces per-example values with a mean over the examples
+``batch['mask']`` marks real (all of them when there is no mask).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from kdjax import losses
+from kdjax.objectives import _adapters
+from kdjax.objectives._base import (Term, as_tuple, gather_batch, masked_mean, no_params_init,
+                                    select)
+
+Key = str | Callable[[Any], jax.Array]
+
+
+def _check_temperature(temperature):
+  if isinstance(temperature, (int, float)) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}; typical values are 1-8 "
+                     "(e.g. temperature=4.0)")
+
+
+def from_loss(loss_fn: Callable[..., jax.Array],
+              *,
+              student: Key | Sequence[Key] = "logits",
+              teacher: Key | Sequence[Key] | None = "logits",
+              labels: bool = False,
+              batch_level: bool = False,
+              adapter: str | None = None,
+              adapter_hidden: int | None = None,
+              label_key: str = "label",
+              mask_key: str | None = "mask",
+              **loss_kwargs) -> Term:
+  """Lifts a loss function into a term.
+
+  Args:
+    loss_fn: ``loss_fn(student_array, teacher_array, [labels], **loss_kwargs)``; per-example
+      losses are averaged over the (masked) examples, batch-level ones used as they are.
+    student: what to read from the student: ``'logits'``, a tap path, a callable on
+      :class:`~kdjax.models.Outputs`, or a sequence of those (one loss per pair, summed).
+    teacher: the same for the teacher, paired with ``student``; ``None`` for losses of the
+      student alone (then ``loss_fn(student_array, [labels], ...)``).
+    labels: pass ``batch[label_key]`` as the third positional argument (e.g. ``dkd``).
+    batch_level: the loss is defined over a whole batch (relations: RKD, SP, PKT, CKA, DIST);
+      under ``pmap`` its inputs are gathered across devices first.
+    adapter: ``'linear'`` (a 1x1 conv on feature maps) or ``'mlp'``: a trainable projection of
+      each student array onto the teacher's channel count, trained with the student (FitNets).
+    adapter_hidden: hidden width of the ``'mlp'`` adapter.
+    label_key: batch key of the integer labels.
+    mask_key: batch key of the per-example validity mask used in the reduction.
+    **loss_kwargs: forwarded to ``loss_fn`` (temperature, alpha, ...).
+  """
+  s_keys = as_tuple(student)
+  t_keys = None if teacher is None else as_tuple(teacher)
+  if t_keys is not None and len(s_keys) != len(t_keys):
+    raise ValueError(f"student taps {s_keys} and teacher taps {t_keys} must pair up one to one")
+  if adapter is not None and t_keys is None:
+    raise ValueError("an adapter maps student arrays onto teacher arrays; it needs teacher=...")
+  if "temperature" in loss_kwargs:
+    _check_temperature(loss_kwargs["temperature"])
+
+  def arrays(student_out, teacher_out):
+    s = [select(student_out, k, side="student") for k in s_keys]
+    t = None if t_keys is None else [select(teacher_out, k, side="teacher") for k in t_keys]
+    return s, t
+
+  def init(rng, student_out, teacher_out, batch):
+    del batch
+    if adapter is None:
+      return {}, {}
+    s, t = arrays(student_out, teacher_out)
+    params = {}
+    for i, (s_i, t_i, key) in enumerate(zip(s, t, jax.random.split(rng, len(s)))):
+      proj = _adapters.make_projector(adapter, t_i.shape[-1], adapter_hidden)
+      params[f"adapter_{i}"] = _adapters.init_projector(key, proj, s_i)
+    return params, {}
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    del step
+    s, t = arrays(student_out, teacher_out)
+    total = jnp.zeros((), jnp.float32)
+    for i in range(len(s)):
+      s_i = s[i]
+      if adapter is not None:
+        proj = _adapters.make_projector(adapter, t[i].shape[-1], adapter_hidden)
+        s_i = proj.apply({"params": params[f"adapter_{i}"]}, s_i)
+      args = [s_i] if t is None else [s_i, t[i]]
+      label_arr = batch[label_key] if labels else None
+      if batch_level:
+        args = [gather_batch(a, axis_name) for a in args]
+        label_arr = None if label_arr is None else gather_batch(label_arr, axis_name)
+      if labels:
+        args.append(label_arr)
+      value = loss_fn(*args, **loss_kwargs)
+      total = total + (value.astype(jnp.float32) if batch_level else
+                       masked_mean(value, batch, mask_key))
+    return total, state, {}
+
+  return Term(init if adapter else no_params_init, apply)
+
+
+# Response-based ------------------------------------------------------------------------------
+
+
+def cross_entropy(*, label_smoothing: float = 0.0, label_key: str = "label") -> Term:
+  """Hard-label cross-entropy of the student's logits (the usual supervised term)."""
+  return from_loss(losses.cross_entropy, teacher=None, labels=True, label_key=label_key,
+                   label_smoothing=label_smoothing)
+
+
+def kd(*, temperature: float = 4.0, standardize: bool = False) -> Term:
+  """Hinton KD, ``T^2 KL(p_t || p_s)``; ``standardize`` z-scores both logits first (Sun 2024)."""
+  return from_loss(_maybe_standardized(losses.kd, standardize), temperature=temperature)
+
+
+def soft_cross_entropy(*, temperature: float = 4.0) -> Term:
+  return from_loss(losses.soft_cross_entropy, temperature=temperature)
+
+
+def reverse_kd(*, temperature: float = 1.0) -> Term:
+  return from_loss(losses.reverse_kd, temperature=temperature)
+
+
+def jensen_shannon(*, temperature: float = 1.0) -> Term:
+  return from_loss(losses.jensen_shannon, temperature=temperature)
+
+
+def logit_mse() -> Term:
+  return from_loss(losses.logit_mse)
+
+
+def dkd(*, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+        label_key: str = "label") -> Term:
+  """Decoupled KD (Zhao et al. 2022). Pair it with a warm-up weight schedule in ``combine``."""
+  return from_loss(losses.dkd, labels=True, label_key=label_key, alpha=alpha, beta=beta,
+                   temperature=temperature)
+
+
+def dist(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> Term:
+  return from_loss(losses.dist, batch_level=True, beta=beta, gamma=gamma, temperature=temperature)
+
+
+def _maybe_standardized(loss_fn, standardize: bool):
+  if not standardize:
+    return loss_fn
+
+  @functools.wraps(loss_fn)
+  def wrapped(s, t, *args, **kwargs):
+    return loss_fn(losses.standardize_logits(s), losses.standardize_logits(t), *args, **kwargs)
+
+  return wrapped
+
+
+# Feature-based -------------------------------------------------------------------------------
+
+
+def fitnets(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
+            adapter: str | None = "linear") -> Term:
+  """FitNets hints (Romero et al. 2015): MSE between regressed student and teacher features."""
+  return from_loss(losses.feature_mse, student=student, teacher=teacher, adapter=adapter)
+
+
+def attention_transfer(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
+                       p: int = 2) -> Term:
+  """Attention transfer (Zagoruyko & Komodakis 2017), summed over the tap pairs."""
+  return from_loss(losses.attention_transfer, student=student, teacher=teacher, p=p)
+
+
+def nst(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key]) -> Term:
+  return from_loss(losses.nst, student=student, teacher=teacher)
+
+
+def feature_mse(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
+                adapter: str | None = None) -> Term:
+  return from_loss(losses.feature_mse, student=student, teacher=teacher, adapter=adapter)
+
+
+def cosine(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
+           adapter: str | None = None) -> Term:
+  """``1 - cos`` between hidden states (DistilBERT), averaged over positions."""
+  return from_loss(losses.cosine_distance, student=student, teacher=teacher, adapter=adapter)
+
+
+# Relation-based (batch-level) ----------------------------------------------------------------
+
+
+def similarity_preserving(*, student: Key | Sequence[Key] = "pre_logits",
+                          teacher: Key | Sequence[Key] = "pre_logits") -> Term:
+  return from_loss(losses.similarity_preserving, student=student, teacher=teacher,
+                   batch_level=True)
+
+
+def rkd(*, student: Key = "pre_logits", teacher: Key = "pre_logits",
+        distance_weight: float = 25.0, angle_weight: float = 50.0) -> Term:
+  """Relational KD (Park et al. 2019): weighted distance + angle losses on embeddings.
+
+  The default weights (25, 50) are the ones the CIFAR-100 benchmarks use.
+  """
+  def rkd_loss(s, t):
+    return (distance_weight * losses.rkd_distance(s, t) + angle_weight * losses.rkd_angle(s, t))
+
+  return from_loss(rkd_loss, student=student, teacher=teacher, batch_level=True)
+
+
+def rkd_distance(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  return from_loss(losses.rkd_distance, student=student, teacher=teacher, batch_level=True)
+
+
+def rkd_angle(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  return from_loss(losses.rkd_angle, student=student, teacher=teacher, batch_level=True)
+
+
+def pkt(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  return from_loss(losses.pkt, student=student, teacher=teacher, batch_level=True)
+
+
+def cka(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  return from_loss(losses.cka, student=student, teacher=teacher, batch_level=True)
+
+
+def projected(loss_fn: Callable[..., jax.Array], *, student: Key = "pre_logits",
+              teacher: Key = "pre_logits", adapter: str = "linear", batch_level: bool = True,
+              **loss_kwargs) -> Term:
+  """Any embedding loss with a trainable projector from the student's to the teacher's width."""
+  return from_loss(loss_fn, student=student, teacher=teacher, adapter=adapter,
+                   batch_level=batch_level, **loss_kwargs)

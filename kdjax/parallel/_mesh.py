@@ -1,0 +1,113 @@
+"""Device meshes and the shardings kdjax places state and batches with."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+
+
+def make_mesh(axes: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over ``devices`` (default: all, across processes) with named axes.
+
+  Args:
+    axes: axis name -> size; one size may be ``-1`` (the rest of the devices). Default
+      ``{'data': -1}``. Use ``{'data': -1, 'fsdp': 4}`` to shard parameters four ways.
+    devices: the devices to use; they are laid out in process-major order so that each process's
+      devices hold a contiguous slice of the batch axis (the slice it loads).
+  """
+  axes = dict(axes or {DATA_AXIS: -1})
+  unknown = set(axes) - {DATA_AXIS, FSDP_AXIS}
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; kdjax meshes have the axes "
+                     f"'{DATA_AXIS}' and '{FSDP_AXIS}' (e.g. {{'data': -1, 'fsdp': 1}})")
+  devices = list(jax.devices() if devices is None else devices)
+  devices.sort(key=lambda d: (d.process_index, d.id))
+  n = len(devices)
+  sizes = dict(axes)
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {axes}")
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if n % known:
+      raise ValueError(f"mesh {axes}: {n} devices are not divisible by {known}; choose axis "
+                       "sizes whose product divides the device count")
+    sizes[free[0]] = n // known
+  if math.prod(sizes.values()) != n:
+    raise ValueError(f"mesh {axes} needs {math.prod(sizes.values())} devices but {n} are "
+                     "available; make the product of the axis sizes equal the device count or "
+                     "set one axis to -1")
+  sizes.setdefault(DATA_AXIS, 1)
+  names = tuple(k for k in (DATA_AXIS, FSDP_AXIS) if k in sizes)
+  shape = tuple(sizes[k] for k in names)
+  return Mesh(np.asarray(devices, dtype=object).reshape(shape), names)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes the batch is split over: every axis (FSDP is data parallel too)."""
+  return tuple(mesh.axis_names)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(batch_axes(mesh)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: Sequence[int], n: int, min_size: int = 2**10) -> P:
+  """Shards the largest dimension divisible by ``n``; small or indivisible arrays replicate."""
+  if n <= 1 or math.prod(shape) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % n == 0:
+      spec = [None] * len(shape)
+      spec[dim] = FSDP_AXIS
+      return P(*spec)
+  return P()
+
+
+def param_shardings(tree: Any, mesh: Mesh, *, shard: bool, min_size: int = 2**10) -> Any:
+  """Shardings for a parameter tree: FSDP-sharded over the ``fsdp`` axis when ``shard``."""
+  n = mesh.shape.get(FSDP_AXIS, 1) if shard else 1
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+  """Puts ``tree`` on ``shardings``, across processes: the multi-host form of ``device_put``.
+
+  ``jax.device_put`` only reaches this process's devices. Each leaf that every process holds in
+  full (a numpy array, or a jax array on this process's devices) becomes one global array, each
+  device taking its slice with ``jax.make_array_from_callback``; leaves that are already global
+  arrays are resharded with ``device_put``. Typed PRNG keys travel as their key data.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def one(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = one(jax.random.key_data(x), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def bytes_per_device(tree: Any) -> dict[int, int]:
+  """Bytes of ``tree``'s arrays resident on each device (by device id)."""
+  out: dict[int, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      out[shard.device.id] = out.get(shard.device.id, 0) + shard.data.nbytes
+  return out

@@ -1,0 +1,286 @@
+"""The distillation step: one pure function from (state, batch) to (state, metrics).
+
+``jax.jit(kdjax.distill_step)`` works as is; ``kdjax.parallel`` wraps the very same function for
+meshes (``jit`` + named shardings) and ``pmap``. The teacher runs in inference mode under
+``stop_gradient`` inside the same compiled program but outside the differentiated function, so
+none of its activations are kept for the backward pass and its parameters never reach the
+optimizer.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax.models import Model, Outputs
+from kdjax.objectives import Term
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class DistillState:
+  """Everything a distillation step reads and writes, as one pytree.
+
+  Attributes:
+    step: number of updates applied so far (int32 scalar).
+    params: the trainable parameters, ``{'student': ..., 'objective': ...}``; the objective's
+      entry holds the terms' adapters (FitNets regressors, projectors), trained with the student.
+    student_state: the student's non-trainable collections (BatchNorm statistics).
+    objective_state: the terms' non-trainable state (memory banks, buffers).
+    opt_state: the optax state of ``params``.
+    rng: base key; step ``i`` draws from ``fold_in(rng, i)`` so a resumed run draws the same.
+    teacher_params, teacher_state: the frozen teacher's variables (``None`` without a teacher).
+    student_apply, teacher_apply, tx, objective: static: the model protocol functions, the
+      optax transformation and the objective term.
+    input_key, label_key: which batch entries hold the model inputs and the integer labels.
+    accumulation_steps: micro-batches per update (gradient accumulation).
+  """
+
+  step: jax.Array
+  params: PyTree
+  student_state: PyTree
+  objective_state: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  teacher_params: PyTree
+  teacher_state: PyTree
+  student_apply: Callable = flax.struct.field(pytree_node=False)
+  teacher_apply: Callable | None = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  objective: Term = flax.struct.field(pytree_node=False)
+  input_key: str = flax.struct.field(pytree_node=False, default="image")
+  label_key: str = flax.struct.field(pytree_node=False, default="label")
+  accumulation_steps: int = flax.struct.field(pytree_node=False, default=1)
+
+  @classmethod
+  def create(cls,
+             *,
+             student: Model,
+             teacher: Model | None,
+             objective: Term,
+             tx: optax.GradientTransformation,
+             rng: jax.Array,
+             example_batch: Batch,
+             input_key: str = "image",
+             label_key: str = "label",
+             accumulation_steps: int = 1) -> "DistillState":
+    """Builds the initial state: objective adapters are initialised from the models' shapes.
+
+    Args:
+      student: the model being trained (:func:`kdjax.models.from_linen` and friends).
+      teacher: the frozen teacher, or ``None`` (plain supervised training, self-distillation).
+      objective: a term, usually :func:`kdjax.objectives.combine` of several.
+      tx: the optax transformation applied to ``params``.
+      rng: a PRNG key; split for the objective's init and the step's draws.
+
+    The state holds copies of the models' arrays, so donating the state to a jitted step never
+    deletes arrays the :class:`~kdjax.models.Model` objects still hold.
+      example_batch: a batch (arrays or ``jax.ShapeDtypeStruct``) with the shapes of a training
+        batch; only shapes are used.
+      input_key: batch entry holding the model inputs.
+      label_key: batch entry holding integer labels (used for accuracy and label-aware terms).
+      accumulation_steps: split each batch into this many micro-batches and average their
+        gradients before one update.
+    """
+    if not isinstance(student, Model) or (teacher is not None and not isinstance(teacher, Model)):
+      raise TypeError("student and teacher must be kdjax.models.Model objects; wrap Flax modules "
+                      "with kdjax.models.from_linen / from_nnx / from_apply_fn")
+    if input_key not in example_batch:
+      raise ValueError(f"the batch has no {input_key!r} entry (it has {sorted(example_batch)}); "
+                       "pass input_key=... naming the entry that holds the model inputs")
+    accumulation_steps = int(accumulation_steps)
+    batch_size = jax.tree.leaves(example_batch)[0].shape[0]
+    if accumulation_steps < 1 or batch_size % accumulation_steps:
+      raise ValueError(f"accumulation_steps={accumulation_steps} must be >= 1 and divide the "
+                       f"batch size {batch_size}")
+    x = example_batch[input_key]
+    s_out, _ = jax.eval_shape(
+        lambda p, s, x: student.apply(p, s, x, train=False, rng=None), student.params,
+        student.model_state, x)
+    t_out = None
+    if teacher is not None:
+      t_out, _ = jax.eval_shape(
+          lambda p, s, x: teacher.apply(p, s, x, train=False, rng=None), teacher.params,
+          teacher.model_state, x)
+      if s_out.logits.shape[-1] != t_out.logits.shape[-1]:
+        raise ValueError(
+            f"teacher logits have {t_out.logits.shape[-1]} classes but the student has "
+            f"{s_out.logits.shape[-1]}; build both models with the same num_classes "
+            "(config.student.num_classes / config.teacher.num_classes)")
+    zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+    obj_rng, step_rng = jax.random.split(rng)
+    obj_params, obj_state = objective.init(obj_rng, zeros(s_out), zeros(t_out),
+                                           zeros(dict(example_batch)))
+    # The state owns copies of the models' arrays: a step jitted with donate_argnums=0 then never
+    # deletes the arrays a Model (reused for a baseline run, or for evaluation) still holds.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    params = {"student": copy(student.params), "objective": obj_params}
+    return cls(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        student_state=copy(student.model_state),
+        objective_state=obj_state,
+        opt_state=_init_optimizer(tx, params),
+        rng=step_rng,
+        teacher_params=None if teacher is None else copy(teacher.params),
+        teacher_state=None if teacher is None else copy(teacher.model_state),
+        student_apply=student.apply,
+        teacher_apply=None if teacher is None else teacher.apply,
+        tx=tx,
+        objective=objective,
+        input_key=input_key,
+        label_key=label_key,
+        accumulation_steps=accumulation_steps)
+
+
+def _init_optimizer(tx, params):
+  with jax.numpy_dtype_promotion("standard"):
+    return tx.init(params)
+
+
+def teacher_forward(state: DistillState, inputs: Any) -> Outputs | None:
+  """The frozen teacher's outputs: inference mode, no gradient."""
+  if state.teacher_apply is None:
+    return None
+  out, _ = state.teacher_apply(state.teacher_params, state.teacher_state, inputs, train=False,
+                               rng=None)
+  return jax.lax.stop_gradient(out)
+
+
+def _pmean(tree, axis_name):
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _batch_metrics(logits, teacher_out, batch, label_key) -> dict[str, jax.Array]:
+  metrics = {}
+  pred = jnp.argmax(logits, axis=-1)
+  mask = batch.get("mask")
+  mask = None if mask is None or mask.shape != pred.shape else mask.astype(jnp.float32)
+
+  def mean(x):
+    x = x.astype(jnp.float32)
+    return jnp.mean(x) if mask is None else jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  labels = batch.get(label_key)
+  if labels is not None and labels.shape == pred.shape:
+    metrics["accuracy"] = mean(pred == labels)
+  if teacher_out is not None:
+    metrics["agreement"] = mean(pred == jnp.argmax(teacher_out.logits, axis=-1))
+  return metrics
+
+
+def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, student_state,
+                       objective_state, axis_name):
+  teacher_out = teacher_forward(state, batch[state.input_key])
+
+  def loss_fn(params):
+    student_out, new_student_state = state.student_apply(
+        params["student"], student_state, batch[state.input_key], train=True, rng=rng)
+    loss, new_objective_state, metrics = state.objective.apply(
+        params["objective"], objective_state, student_out, teacher_out, batch, state.step,
+        axis_name=axis_name)
+    return loss, (student_out.logits, new_student_state, new_objective_state, metrics)
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  logits, new_student_state, new_objective_state, metrics = aux
+  metrics = {**metrics, "loss": loss,
+             **_batch_metrics(logits, teacher_out, batch, state.label_key)}
+  return grads, new_student_state, new_objective_state, metrics
+
+
+def distill_step(state: DistillState, batch: Batch, *,
+                 axis_name: str | None = None) -> tuple[DistillState, dict[str, jax.Array]]:
+  """One distillation update.
+
+  Args:
+    state: the :class:`DistillState`.
+    batch: a dict of arrays with a leading batch axis: ``state.input_key`` (model inputs),
+      ``state.label_key`` (integer labels, when terms or metrics need them), optionally ``mask``
+      (per-example validity) and whatever else the terms read (e.g. ``index``).
+    axis_name: set when the step runs under ``pmap`` (or ``shard_map``): gradients, BatchNorm
+      statistics and metrics are averaged over that axis, and batch-level terms gather their
+      inputs over it.
+
+  Returns:
+    ``(new_state, metrics)``; metrics hold ``loss`` (the weighted total), each term's loss by
+    name, ``accuracy`` (when labels are given) and ``agreement`` (student-teacher top-1, when
+    there is a teacher).
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  k = state.accumulation_steps
+  if k == 1:
+    grads, student_state, objective_state, metrics = _grads_and_metrics(
+        state, batch, rng, state.student_state, state.objective_state, axis_name)
+  else:
+    # Micro-batch j takes examples j, j+k, j+2k, ...: splitting the batch axis as [B/k, k] keeps
+    # its leading axis (the one sharded over devices) intact.
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1),
+                         dict(batch))
+
+    def body(carry, xs):
+      grad_sum, student_state, objective_state = carry
+      micro_batch, j = xs
+      grads, student_state, objective_state, metrics = _grads_and_metrics(
+          state, micro_batch, jax.random.fold_in(rng, j), student_state, objective_state,
+          axis_name)
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (grad_sum, student_state, objective_state), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, student_state, objective_state), metrics = jax.lax.scan(
+        body, (zeros, state.student_state, state.objective_state), (micro, jnp.arange(k)))
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  grads = _pmean(grads, axis_name)
+  student_state = _pmean(student_state, axis_name)
+  metrics = _pmean(metrics, axis_name)
+  # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction), which
+  # strict dtype promotion rejects; the optimizer runs under standard promotion so kdjax code
+  # itself can be checked under strict promotion.
+  with jax.numpy_dtype_promotion("standard"):
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, student_state=student_state,
+                            objective_state=objective_state, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(state: DistillState, batch: Batch, *,
+              axis_name: str | None = None) -> dict[str, jax.Array]:
+  """Student (and teacher) predictions on a batch, in inference mode.
+
+  Returns per-example arrays, for the caller to aggregate (accuracy, top-5, macro F1,
+  calibration): ``prediction`` (student argmax), ``confidence`` (student max probability),
+  ``top5`` (whether the label is in the student's top 5; only with >= 5 classes),
+  ``correct`` and, with a teacher, ``teacher_prediction`` and ``agreement``. ``batch['mask']``
+  (when present) is passed through as ``mask``.
+  """
+  del axis_name  # Per-example outputs need no collective.
+  inputs = batch[state.input_key]
+  out, _ = state.student_apply(state.params["student"], state.student_state, inputs, train=False,
+                               rng=None)
+  logits = out.logits.astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  result = {"prediction": jnp.argmax(logits, axis=-1), "confidence": jnp.max(probs, axis=-1)}
+  labels = batch.get(state.label_key)
+  if labels is not None:
+    result["correct"] = result["prediction"] == labels
+    if logits.shape[-1] >= 5:
+      _, top5 = jax.lax.top_k(logits, 5)
+      result["top5"] = jnp.any(top5 == labels[..., None], axis=-1)
+  teacher_out = teacher_forward(state, inputs)
+  if teacher_out is not None:
+    result["teacher_prediction"] = jnp.argmax(teacher_out.logits, axis=-1)
+    result["agreement"] = result["prediction"] == result["teacher_prediction"]
+  if "mask" in batch:
+    result["mask"] = batch["mask"]
+  return result

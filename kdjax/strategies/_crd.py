@@ -1,0 +1,229 @@
+"""Contrastive representation distillation (CRD) as an objective term with memory banks.
+
+Everything CRD keeps between steps lives in the term's ``state`` (two memory banks, the NCE
+normalisation constants, a PRNG key), and its two embeddings are the term's ``params``; the
+step threads both, so the term is two pure functions like every other term.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from kdjax.objectives import Term, gather_batch, masked_mean, select
+from kdjax.objectives import _adapters
+
+Key = str | Callable[[Any], jax.Array]
+CONTRASTS = ("nce", "softmax")
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  sq = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.float32(1e-24)))
+
+
+def momentum_update(bank: jax.Array, indices: jax.Array, values: jax.Array,
+                    momentum: float) -> jax.Array:
+  """``bank[i] <- normalize(momentum * bank[i] + (1 - momentum) * v)`` at ``indices``.
+
+  Out-of-range indices (e.g. ``bank.shape[0]`` for padded examples) are dropped; indices should
+  be unique within a batch. The arithmetic is float32; the result keeps ``bank``'s dtype.
+  """
+  rows = jnp.take(bank, indices, axis=0, mode="clip").astype(jnp.float32)
+  new = _normalize(momentum * rows + (1.0 - momentum) * values.astype(jnp.float32))
+  return bank.at[indices].set(new.astype(bank.dtype), mode="drop")
+
+
+def nce_loss(log_scores: jax.Array, log_z: jax.Array, num_data: int) -> jax.Array:
+  r"""CRD's NCE loss, per example, from unnormalised log scores ``s / tau``.
+
+  With :math:`P_k = \exp(s_k / \tau) / Z`, :math:`m = K` negatives and noise density
+  :math:`P_n = 1 / N`:
+
+  .. math::
+    \ell = -\log \frac{P_0}{P_0 + m P_n} - \sum_{k=1}^{K} \log \frac{m P_n}{P_k + m P_n}
+
+  computed in log space (``logaddexp``), so it is finite for any score.
+
+  Args:
+    log_scores: ``[B, 1 + K]``, the positive first.
+    log_z: the scalar :math:`\log Z`.
+    num_data: :math:`N`.
+
+  Returns:
+    ``[B]``.
+  """
+  k = log_scores.shape[-1] - 1
+  log_p = log_scores - log_z
+  log_m_pn = jnp.float32(math.log(k / num_data))
+  pos = log_p[:, 0] - jnp.logaddexp(log_p[:, 0], log_m_pn)
+  neg = log_m_pn - jnp.logaddexp(log_p[:, 1:], log_m_pn)
+  return -(pos + jnp.sum(neg, axis=-1))
+
+
+def _key_data(key: jax.Array) -> jax.Array:
+  """Raw ``uint32`` key data (plain arrays checkpoint anywhere); accepts typed or raw keys."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return key
+
+
+def _log_mean_exp(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """``log mean exp(x)`` over all entries (and over devices, which hold equal shares)."""
+  m = jax.lax.stop_gradient(jnp.max(x))
+  if axis_name is not None:
+    m = jax.lax.pmax(m, axis_name)
+  mean = jnp.mean(jnp.exp(x - m))
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  return m + jnp.log(mean)
+
+
+def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
+        nce_temperature: float = 0.07, momentum: float = 0.5, student: Key = "pre_logits",
+        teacher: Key = "pre_logits", contrast: str = "nce", bank_dtype: Any = jnp.float32,
+        index_key: str = "index", mask_key: str | None = "mask") -> Term:
+  r"""Contrastive representation distillation (Tian et al. 2020) with two memory banks.
+
+  Student and teacher features are flattened and mapped by trainable linear embeddings to
+  unit vectors :math:`v_s, v_t \in \mathbb{R}^{d}` (``params['embed_student']``,
+  ``params['embed_teacher']``). Two memory banks :math:`M_s, M_t \in \mathbb{R}^{N \times d}`
+  (``state['memory_student']``, ``state['memory_teacher']``) hold one embedding per training
+  example, addressed by the dataset index ``batch[index_key]``. For each example the positive is
+  its own row and ``K`` negatives are rows drawn uniformly from the other ``N - 1`` examples with
+  a key derived from ``(state['key'], step)``. The student embedding is contrasted against the
+  teacher bank and the teacher embedding against the student bank:
+
+  .. math::
+    L = \ell(v_s \cdot M_t[\mathrm{idx}] / \tau) + \ell(v_t \cdot M_s[\mathrm{idx}] / \tau)
+
+  ``contrast='nce'`` (the default) is the paper's contrast-memory NCE loss (:func:`nce_loss`),
+  with the normalisation constant :math:`Z = N \cdot \mathrm{mean}(\exp(s / \tau))` estimated
+  once, on the first batch, and then held in ``state`` (one per direction) as in the reference
+  implementation. ``contrast='softmax'`` is the simpler InfoNCE variant: cross-entropy of the
+  positive among the ``1 + K`` candidates. After the loss, the banks' rows at the batch indices
+  move towards the new (stopped-gradient) embeddings:
+  ``m <- normalize(momentum * m + (1 - momentum) * v)``. Under ``pmap`` the indices and
+  embeddings are gathered across devices first, so every replica applies the same update and
+  the banks stay identical; negatives are drawn for the global batch, so ``pmap`` and ``jit``
+  contrast against the same rows.
+
+  Memory: the banks hold ``2 * num_data * feat_dim`` numbers (``bank_dtype=jnp.bfloat16``
+  halves their bytes; arithmetic stays float32); each step gathers ``2 * B * (1 + K) * feat_dim``.
+
+  Args:
+    num_data: the number of training examples ``N``; ``batch[index_key]`` must be in
+      ``[0, N)`` and unique within a global batch.
+    feat_dim: the embedding width ``d``.
+    num_negatives: negatives per example ``K``; capped at ``num_data - 1``.
+    nce_temperature: :math:`\tau`.
+    momentum: the memory update's momentum, in ``[0, 1)``.
+    student, teacher: the features to read (tap paths, ``'logits'`` or callables).
+    contrast: ``'nce'`` or ``'softmax'``.
+    bank_dtype: the banks' storage dtype.
+    index_key: the batch entry holding each example's dataset index.
+    mask_key: the batch entry marking real examples; padded ones neither count in the loss nor
+      update the banks.
+
+  Returns:
+    A term; its metrics hold ``student_loss`` and ``teacher_loss`` (the two directions).
+
+  References:
+    Y. Tian, D. Krishnan, P. Isola, "Contrastive Representation Distillation", ICLR 2020.
+  """
+  num_data = int(num_data)
+  if num_data < 2:
+    raise ValueError(f"num_data must be >= 2 (the size of the training set), got {num_data}")
+  k = min(int(num_negatives), num_data - 1)
+  if k < 1:
+    raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+  if not nce_temperature > 0:
+    raise ValueError(f"nce_temperature must be > 0, got {nce_temperature}")
+  if contrast not in CONTRASTS:
+    raise ValueError(f"contrast={contrast!r} is not one of {CONTRASTS}")
+  projector = _adapters.make_projector("linear", feat_dim)
+  inv_tau = 1.0 / float(nce_temperature)
+  log_n = math.log(num_data)
+
+  def features(student_out, teacher_out):
+    s = select(student_out, student, side="student")
+    t = select(teacher_out, teacher, side="teacher")
+    return s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
+
+  def init(rng, student_out, teacher_out, batch):
+    del batch
+    s, t = features(student_out, teacher_out)
+    k_s, k_t, k_ms, k_mt, k_neg = jax.random.split(rng, 5)
+    params = {"embed_student": _adapters.init_projector(k_s, projector, s),
+              "embed_teacher": _adapters.init_projector(k_t, projector, t)}
+    stdv = 1.0 / math.sqrt(feat_dim / 3.0)
+
+    def bank(key):
+      return jax.random.uniform(key, (num_data, feat_dim), jnp.float32, -stdv,
+                                stdv).astype(bank_dtype)
+
+    state = {"memory_student": bank(k_ms), "memory_teacher": bank(k_mt),
+             "key": _key_data(k_neg)}
+    if contrast == "nce":
+      state["log_z"] = jnp.zeros((2,), jnp.float32)
+      state["z_ready"] = jnp.zeros((), jnp.bool_)
+    return params, state
+
+  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
+    if index_key not in batch:
+      raise ValueError(f"crd needs each example's dataset index in batch[{index_key!r}] (the "
+                       f"batch has {sorted(batch)}); kdjax.data iterators provide 'index'")
+    s, t = features(student_out, teacher_out)
+    v_s = _normalize(projector.apply({"params": params["embed_student"]}, s))
+    v_t = _normalize(projector.apply({"params": params["embed_teacher"]},
+                                     jax.lax.stop_gradient(t)))
+    idx = batch[index_key].astype(jnp.int32)
+    local_b = idx.shape[0]
+    idx_all = gather_batch(idx, axis_name)
+
+    # Negatives for the global batch, then this device's rows: jit and pmap draw the same.
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
+    neg = jax.random.randint(key, (idx_all.shape[0], k), 0, num_data - 1, jnp.int32)
+    neg = neg + (neg >= idx_all[:, None]).astype(jnp.int32)  # skips the positive
+    if axis_name is not None:
+      start = jax.lax.axis_index(axis_name) * local_b
+      neg = jax.lax.dynamic_slice_in_dim(neg, start, local_b, axis=0)
+    contrast_idx = jnp.concatenate([idx[:, None], neg], axis=1)  # [B, 1 + K]
+
+    def scores(bank, v):
+      rows = jnp.take(bank, contrast_idx, axis=0).astype(jnp.float32)  # [B, 1 + K, d]
+      return jnp.einsum("bkd,bd->bk", rows, v) * inv_tau
+
+    s_scores = scores(state["memory_teacher"], v_s)  # student vs teacher memory
+    t_scores = scores(state["memory_student"], v_t)  # teacher vs student memory
+    new_state = dict(state)
+    if contrast == "nce":
+      estimate = jnp.stack([_log_mean_exp(s_scores, axis_name),
+                            _log_mean_exp(t_scores, axis_name)]) + jnp.float32(log_n)
+      log_z = jnp.where(state["z_ready"], state["log_z"], jax.lax.stop_gradient(estimate))
+      s_loss = nce_loss(s_scores, log_z[0], num_data)
+      t_loss = nce_loss(t_scores, log_z[1], num_data)
+      new_state["log_z"] = log_z
+      new_state["z_ready"] = jnp.ones((), jnp.bool_)
+    else:
+      s_loss = jax.nn.logsumexp(s_scores, axis=-1) - s_scores[:, 0]
+      t_loss = jax.nn.logsumexp(t_scores, axis=-1) - t_scores[:, 0]
+    s_loss = masked_mean(s_loss, batch, mask_key)
+    t_loss = masked_mean(t_loss, batch, mask_key)
+
+    # Memory update over the global batch; padded examples write nowhere (index N is dropped).
+    write_idx = idx
+    mask = batch.get(mask_key) if mask_key else None
+    if mask is not None and mask.shape == idx.shape:
+      write_idx = jnp.where(mask.astype(jnp.bool_), idx, jnp.int32(num_data))
+    write_idx = gather_batch(write_idx, axis_name)
+    for bank_key, v in (("memory_student", v_s), ("memory_teacher", v_t)):
+      v_all = gather_batch(jax.lax.stop_gradient(v), axis_name)
+      new_state[bank_key] = momentum_update(state[bank_key], write_idx, v_all, momentum)
+    return s_loss + t_loss, new_state, {"student_loss": s_loss, "teacher_loss": t_loss}
+
+  return Term(init, apply)

@@ -1,0 +1,232 @@
+"""From config to parts: models, optimizers with their learning-rate schedules, objectives.
+
+Every builder raises :class:`ConfigError` naming the config key to change when a value cannot be
+used (an unknown model or term, a model argument it does not take).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax import models
+from kdjax import objectives
+from kdjax.train.errors import ConfigError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# config.objective.<name>.kind -> the kdjax.objectives constructor it builds.
+TERMS: dict[str, Callable[..., objectives.Term]] = {
+    name: getattr(objectives, name) for name in (
+        "cross_entropy", "kd", "dkd", "dist", "fitnets", "attention_transfer", "nst",
+        "feature_mse", "cosine", "similarity_preserving", "rkd", "rkd_distance", "rkd_angle",
+        "pkt", "cka", "soft_cross_entropy", "reverse_kd", "jensen_shannon", "logit_mse")
+    if hasattr(objectives, name)
+}
+# Keys of a term's config that are not arguments of its constructor.
+TERM_KEYS = ("kind", "weight", "warmup_steps")
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, list(known), n=1)
+  return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(value)
+  return value
+
+
+# Models ---------------------------------------------------------------------------------------
+
+
+def check_model_name(name: str, side: str) -> None:
+  available = tuple(models.available_models())
+  if name not in available:
+    raise ConfigError(f"config.{side}.model={name!r} is not a kdjax model{_suggest(name, available)}; "
+                      f"available: {', '.join(available)}")
+
+
+def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng: jax.Array,
+               taps: Sequence[str] = (), bn_axis_name: str | None = None) -> models.Model:
+  """The model ``config.<side>`` describes, initialised from ``rng``, tapping ``taps``.
+
+  ``bn_axis_name``: the ``pmap`` axis the model will train under, so that its BatchNorm layers
+  normalise with the statistics of the global batch (as they do under ``jit``, where the batch
+  axis is one logical array); ``None`` for ``jit``.
+  """
+  check_model_name(model_config.model, side)
+  kwargs = _plain(model_config.model_kwargs) or {}
+  if bn_axis_name is not None:
+    kwargs = {**kwargs, "bn_axis_name": bn_axis_name}
+  try:
+    return models.create(model_config.model, num_classes=model_config.num_classes,
+                         input_shape=tuple(input_shape), rng=rng, taps=tuple(taps),
+                         dtype=DTYPES[model_config.dtype], **kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config.{side}.model_kwargs={kwargs} do not fit model "
+                      f"{model_config.model!r} ({e}); remove or rename the offending keys") from None
+  except ValueError as e:
+    if "tap" in str(e):
+      raise ConfigError(f"config.objective asks model {model_config.model!r} "
+                        f"(config.{side}.model) for features it cannot tap: {e}") from None
+    raise ConfigError(f"config.{side}: cannot build model {model_config.model!r}: {e}") from None
+
+
+# Optimizers -----------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(opt: Any, *, total_steps: int,
+                           steps_per_epoch: float) -> optax.Schedule:
+  """Linear warm-up (``warmup_steps``) followed by a cosine, step or constant schedule.
+
+  ``step`` multiplies the rate by ``decay_factor`` after each boundary, given in steps
+  (``decay_steps``) or epochs (``decay_epochs``, converted with ``steps_per_epoch``); boundaries
+  count from the start of training, warm-up included.
+  """
+  lr = float(opt.learning_rate)
+  warmup = int(opt.warmup_steps)
+  if opt.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif opt.schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(total_steps - warmup, 1),
+                                       alpha=float(opt.min_learning_rate) / lr)
+  elif opt.schedule == "step":
+    if opt.decay_steps:
+      bounds = [int(b) for b in opt.decay_steps]
+    else:
+      bounds = [int(round(e * steps_per_epoch)) for e in opt.decay_epochs]
+    scales: dict[int, float] = {}
+    for b in bounds:
+      b = max(b - warmup, 0)
+      scales[b] = scales.get(b, 1.0) * float(opt.decay_factor)
+    main = optax.piecewise_constant_schedule(lr, scales)
+  else:
+    raise ConfigError(f"unknown learning-rate schedule {opt.schedule!r}; use cosine, step or "
+                      "constant")
+  if warmup:
+    main = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return _float_count(main)
+
+
+def _float_count(schedule: optax.Schedule) -> optax.Schedule:
+  # optax compares the step count with Python floats; a float32 count keeps that valid under
+  # strict dtype promotion (and is exact up to 2**24 steps).
+  return lambda count: schedule(jnp.asarray(count, jnp.float32))
+
+
+def _decay_mask(params: Any) -> Any:
+  # Weight decay on kernels only: biases and normalisation scales/offsets have ndim < 2.
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def make_optimizer(opt: Any, *, total_steps: int,
+                   steps_per_epoch: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transformation ``opt`` (``config.optimizer``) describes, and its schedule."""
+  schedule = learning_rate_schedule(opt, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  parts = []
+  if opt.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+  if opt.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
+                             weight_decay=float(opt.weight_decay), mask=_decay_mask))
+  elif opt.name in ("sgd", "momentum", "nesterov"):
+    if opt.weight_decay:
+      parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=_decay_mask))
+    momentum = None if opt.name == "sgd" else float(opt.momentum)
+    parts.append(optax.sgd(schedule, momentum=momentum, nesterov=opt.name == "nesterov"))
+  else:
+    raise ConfigError(f"unknown optimizer {opt.name!r}; use sgd, momentum, nesterov or adamw")
+  return optax.chain(*parts), schedule
+
+
+# Objectives -----------------------------------------------------------------------------------
+
+
+def _term_parts(name: str, spec: Mapping[str, Any]) -> tuple[Callable, dict[str, Any]]:
+  kind = spec.get("kind")
+  if kind not in TERMS:
+    raise ConfigError(f"config.objective.{name}.kind={kind!r} is not a kdjax objective term"
+                      f"{_suggest(str(kind), tuple(TERMS))}; available: {', '.join(TERMS)}")
+  ctor = TERMS[kind]
+  kwargs = {k: v for k, v in spec.items() if k not in TERM_KEYS}
+  params = inspect.signature(ctor).parameters
+  accepted = [p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY or
+              params[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise ConfigError(f"config.objective.{name}: term kind {kind!r} takes no argument(s) "
+                      f"{unknown}{_suggest(unknown[0], accepted)}; its arguments are {accepted} "
+                      f"(plus {list(TERM_KEYS)})")
+  missing = sorted(p for p in accepted if params[p].default is inspect.Parameter.empty and
+                   p not in kwargs)
+  if missing:
+    raise ConfigError(f"config.objective.{name}: term kind {kind!r} needs {missing} (e.g. "
+                      f"student='stage2', teacher='stage3' tap paths for feature terms)")
+  return ctor, kwargs
+
+
+def make_objective(spec: Mapping[str, Any]) -> objectives.Term:
+  """The combined objective of ``config.objective``: ``{name: {kind, weight, warmup_steps, ...}}``.
+
+  A term with ``warmup_steps > 0`` has its weight ramped linearly from 0 over that many steps
+  (DKD's warm-up).
+  """
+  spec = _plain(spec)
+  if not spec:
+    raise ConfigError("config.objective needs at least one term, e.g. "
+                      "{'ce': {'kind': 'cross_entropy', 'weight': 1.0}}")
+  terms = {}
+  for name, term_spec in spec.items():
+    ctor, kwargs = _term_parts(name, term_spec)
+    try:
+      term = ctor(**kwargs)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.objective.{name}: {e}") from None
+    weight = float(term_spec.get("weight", 1.0))
+    warmup = int(term_spec.get("warmup_steps", 0))
+    terms[name] = (term, _float_count(optax.linear_schedule(0.0, weight, warmup)) if warmup
+                   else weight)
+  try:
+    return objectives.combine(terms)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.objective: {e}") from None
+
+
+def supervised_objective() -> objectives.Term:
+  """Hard-label cross-entropy: the teacher's and the baseline student's objective."""
+  return objectives.combine({"ce": objectives.cross_entropy()})
+
+
+def objective_taps(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """The feature paths (``student_taps``, ``teacher_taps``) the objective's terms read.
+
+  Terms name them with ``student=`` / ``teacher=`` (a path or a list of paths); relation terms
+  default to ``'pre_logits'``. ``'logits'`` is always available and is not a tap.
+  """
+  spec = _plain(spec)
+  found = {"student": [], "teacher": []}
+  for name, term_spec in spec.items():
+    ctor, kwargs = _term_parts(name, term_spec)
+    params = inspect.signature(ctor).parameters
+    for side in found:
+      if side in kwargs:
+        keys = kwargs[side]
+      elif side in params and params[side].default is not inspect.Parameter.empty:
+        keys = params[side].default
+      else:
+        continue
+      keys = (keys,) if isinstance(keys, str) else tuple(keys or ())
+      for key in keys:
+        if isinstance(key, str) and key != "logits" and key not in found[side]:
+          found[side].append(key)
+  return tuple(found["student"]), tuple(found["teacher"])

@@ -1,0 +1,40 @@
+"""Errors a user can act on: each message says what went wrong and how to fix it.
+
+``kdjax.main`` prints these (and :class:`kdjax.data.DataError`) as one line, without a
+traceback, and exits with a non-zero status. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class TrainError(Exception):
+  """Base class of the training errors whose message names the fix."""
+
+
+class ConfigError(TrainError, ValueError):
+  """A config value kdjax cannot use: unknown key, bad value, inconsistent settings."""
+
+
+class WorkdirError(TrainError):
+  """The workdir cannot be used: not writable, or it holds runs of a different config."""
+
+
+class CheckpointError(TrainError):
+  """A checkpoint that should be there is missing, unreadable or of another model."""
+
+
+class NonFiniteLossError(TrainError):
+  """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+  def __init__(self, message: str, *, run: str, step: int):
+    super().__init__(message)
+    self.run = run
+    self.step = step
+
+
+class Preempted(TrainError):
+  """SIGTERM (preemption) arrived: a checkpoint was saved; run the same command to resume."""
+
+  def __init__(self, message: str, *, run: str, step: int):
+    super().__init__(message)
+    self.run = run
+    self.step = step

@@ -1,0 +1,121 @@
+"""Evaluation: per-batch sums inside the compiled program, metrics from their totals.
+
+:func:`make_reduce_fn` turns the per-example outputs of :func:`kdjax.eval_step` into masked
+sums (counts, a confusion matrix, calibration bins). The runner computes them over the global
+batch inside one program, so every process gets the same totals; :func:`finalize` turns the
+totals over the whole split into metrics. Sums are integers where they count examples, so the
+result does not depend on how the split was cut into batches or devices.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ECE_BINS = 15
+
+
+def make_reduce_fn(num_classes: int, *, label_key: str = "label",
+                   ece_bins: int = ECE_BINS) -> Callable[[Mapping, Mapping], dict]:
+  """``reduce_fn(eval_outputs, batch) -> sums`` for :meth:`runner.eval`.
+
+  The sums: ``count`` (real examples), ``correct``, ``top5``, ``agreement`` (with a teacher),
+  ``confusion`` (``[num_classes, num_classes]``, rows are labels, columns predictions) and, per
+  confidence bin of ``ece_bins`` equal-width bins over ``(0, 1]``, ``bin_count``,
+  ``bin_correct`` and ``bin_confidence``.
+  """
+
+  def reduce_fn(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+    pred = out["prediction"]
+    mask = out.get("mask")
+    mask = jnp.ones(pred.shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
+    count_of = lambda x: jnp.sum(x.astype(jnp.int32) * mask)
+    labels = batch[label_key].astype(jnp.int32)
+    sums = {"count": jnp.sum(mask), "correct": count_of(out["correct"])}
+    if "top5" in out:
+      sums["top5"] = count_of(out["top5"])
+    if "agreement" in out:
+      sums["agreement"] = count_of(out["agreement"])
+    onehot_labels = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * mask[:, None]
+    onehot_pred = jax.nn.one_hot(pred, num_classes, dtype=jnp.int32)
+    sums["confusion"] = onehot_labels.T @ onehot_pred
+    confidence = out["confidence"].astype(jnp.float32)
+    # Bin b holds confidences in (b / n, (b + 1) / n].
+    bins = jnp.clip(jnp.ceil(confidence * ece_bins).astype(jnp.int32) - 1, 0, ece_bins - 1)
+    in_bin = jax.nn.one_hot(bins, ece_bins, dtype=jnp.int32) * mask[:, None]
+    sums["bin_count"] = jnp.sum(in_bin, axis=0)
+    sums["bin_correct"] = out["correct"].astype(jnp.int32) @ in_bin
+    sums["bin_confidence"] = confidence @ in_bin.astype(jnp.float32)
+    return sums
+
+  return reduce_fn
+
+
+def accumulate(total: dict | None, sums: Mapping[str, Any]) -> dict:
+  """Adds one batch's sums (device arrays) to the running totals (numpy, exact)."""
+  sums = {k: np.asarray(jax.device_get(v)) for k, v in sums.items()}
+  sums = {k: v.astype(np.float64) if k == "bin_confidence" else v.astype(np.int64)
+          for k, v in sums.items()}
+  if total is None:
+    return sums
+  return {k: total[k] + sums[k] for k in total}
+
+
+def macro_f1(confusion: np.ndarray) -> float:
+  """Unweighted mean F1 over the classes that occur in the labels or the predictions.
+
+  Matches ``sklearn.metrics.f1_score(y_true, y_pred, average='macro')``.
+  """
+  confusion = np.asarray(confusion, np.float64)
+  tp = np.diag(confusion)
+  support = confusion.sum(axis=1)
+  predicted = confusion.sum(axis=0)
+  present = (support + predicted) > 0
+  if not present.any():
+    return 0.0
+  f1 = 2 * tp[present] / (support[present] + predicted[present])
+  return float(f1.mean())
+
+
+def expected_calibration_error(bin_count, bin_correct, bin_confidence) -> float:
+  """ECE (Guo et al. 2017): ``sum_b n_b / N * |accuracy_b - confidence_b|``."""
+  bin_count = np.asarray(bin_count, np.float64)
+  total = bin_count.sum()
+  if total == 0:
+    return 0.0
+  nonempty = bin_count > 0
+  gap = np.abs(np.asarray(bin_correct, np.float64)[nonempty] -
+               np.asarray(bin_confidence, np.float64)[nonempty])
+  return float(gap.sum() / total)
+
+
+def finalize(total: Mapping[str, Any]) -> dict[str, float]:
+  """Metrics from the totals over the split, fractions in ``[0, 1]``.
+
+  Returns ``accuracy``, ``top5`` (with >= 5 classes), ``macro_f1``, ``ece``, ``agreement``
+  (with a teacher) and ``count`` (examples evaluated).
+  """
+  count = int(total["count"])
+  n = max(count, 1)
+  metrics = {"accuracy": float(total["correct"]) / n}
+  if "top5" in total:
+    metrics["top5"] = float(total["top5"]) / n
+  metrics["macro_f1"] = macro_f1(total["confusion"])
+  metrics["ece"] = expected_calibration_error(total["bin_count"], total["bin_correct"],
+                                              total["bin_confidence"])
+  if "agreement" in total:
+    metrics["agreement"] = float(total["agreement"]) / n
+  metrics["count"] = count
+  return metrics
+
+
+def evaluate(runner: Any, state: Any, batches: Any, reduce_fn: Callable) -> dict[str, float]:
+  """Runs ``reduce_fn`` over every batch of ``batches`` and returns :func:`finalize`'s metrics."""
+  total = None
+  for batch in batches:
+    total = accumulate(total, runner.eval(state, batch, reduce_fn))
+  if total is None:
+    raise ValueError("the evaluation split produced no batches")
+  return finalize(total)

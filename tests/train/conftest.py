@@ -1,0 +1,64 @@
+"""Shared pieces of the training tests: the tiny config, one finished reference workdir."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kdjax import train
+from tests.train import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIG_FILE = os.path.join(REPO, "tests", "train", "tiny_config.py")
+
+
+def tiny(**overrides):
+  """The tiny pipeline config with dotted-key overrides, e.g. ``tiny(**{'optimizer.name': 'sgd'})``."""
+  config = tiny_config.get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def train_losses(workdir, run):
+  """``{step: loss}`` of a run's training records in metrics.jsonl."""
+  records = train.read_metrics(os.path.join(workdir, run, "metrics.jsonl"))
+  return {r["step"]: r["loss"] for r in records if not r.get("eval")}
+
+
+def snapshot(directory):
+  """Every file under ``directory`` with a hash of its content: to check nothing changed."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def cli_env():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+  env.setdefault("JAX_NUM_CPU_DEVICES", "8")
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  return env
+
+
+def cli(*args, **kwargs):
+  """Starts ``python -m kdjax.main ARGS`` (a Popen)."""
+  return subprocess.Popen([sys.executable, "-m", "kdjax.main", *args], env=cli_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session", name="reference")
+def fixture_reference(tmp_path_factory):
+  """The tiny pipeline run once, uninterrupted: ``(workdir, results)``. Do not modify it."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  results = train.train_and_evaluate(tiny(), workdir)
+  return workdir, results

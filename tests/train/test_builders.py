@@ -1,0 +1,141 @@
+"""Optimizers, learning-rate schedules, objectives and models built from config values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import objectives
+from kdjax.train import builders
+from kdjax.train import config as config_lib
+from kdjax.train.errors import ConfigError
+
+
+def opt(**overrides):
+  config = config_lib.resolve({"optimizer": overrides, "total_steps": 100})
+  return config.optimizer
+
+
+def lr_at(schedule, steps):
+  return np.array([float(schedule(s)) for s in steps])
+
+
+def test_cosine_with_warmup():
+  schedule = builders.learning_rate_schedule(opt(learning_rate=0.4, warmup_steps=10,
+                                                 min_learning_rate=0.04),
+                                             total_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose(lr_at(schedule, [0, 5, 10]), [0.0, 0.2, 0.4], rtol=1e-6)
+  # Cosine from 0.4 at step 10 down to 0.04 at step 100; halfway (step 55) is the mean.
+  np.testing.assert_allclose(lr_at(schedule, [55, 100]), [0.22, 0.04], rtol=1e-5)
+
+
+def test_step_schedule_in_steps_and_epochs():
+  by_steps = builders.learning_rate_schedule(
+      opt(schedule="step", learning_rate=1.0, decay_steps=(30, 60), decay_factor=0.1),
+      total_steps=100, steps_per_epoch=10)
+  # The schedule is called with the number of updates done so far: after 30 updates the rate
+  # drops, so update 31 (count 30) is the first at 0.1.
+  np.testing.assert_allclose(lr_at(by_steps, [0, 29, 30, 59, 60, 99]),
+                             [1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  # 2.5 and 5 epochs of 12 steps: boundaries at steps 30 and 60, counted with the warm-up.
+  by_epochs = builders.learning_rate_schedule(
+      opt(schedule="step", learning_rate=1.0, decay_epochs=(2.5, 5.0), decay_factor=0.1,
+          warmup_steps=5), total_steps=100, steps_per_epoch=12)
+  np.testing.assert_allclose(lr_at(by_epochs, [0, 5, 29, 30, 60]), [0.0, 1.0, 1.0, 0.1, 0.01],
+                             rtol=1e-6)
+
+
+def test_constant_schedule():
+  schedule = builders.learning_rate_schedule(opt(schedule="constant", learning_rate=0.3),
+                                             total_steps=100, steps_per_epoch=1)
+  np.testing.assert_allclose(lr_at(schedule, [0, 50, 99]), [0.3] * 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adamw"])
+def test_weight_decay_skips_biases_and_scales(name):
+  tx, _ = builders.make_optimizer(
+      opt(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5),
+      total_steps=100, steps_per_epoch=1)
+  params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))},
+            "bn": {"scale": jnp.ones((2,))}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  # optax's Adam bias correction raises a float to an int32 power: standard promotion only.
+  with jax.numpy_dtype_promotion("standard"):
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+  # With zero gradients only weight decay moves parameters: kernels shrink, the rest stays.
+  assert float(jnp.max(updates["dense"]["kernel"])) < 0
+  assert float(jnp.max(jnp.abs(updates["dense"]["bias"]))) == 0
+  assert float(jnp.max(jnp.abs(updates["bn"]["scale"]))) == 0
+
+
+def test_gradient_clipping():
+  tx, _ = builders.make_optimizer(opt(name="sgd", schedule="constant", learning_rate=1.0,
+                                      weight_decay=0.0, grad_clip_norm=1.0),
+                                  total_steps=100, steps_per_epoch=1)
+  params = {"w": jnp.zeros((4,))}
+  updates, _ = tx.update({"w": jnp.full((4,), 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(float(jnp.linalg.norm(updates["w"])), 1.0, rtol=1e-6)
+
+
+def test_objective_weights_and_warmup(rng_outputs):
+  student, teacher, batch = rng_outputs
+  objective = builders.make_objective({
+      "ce": {"kind": "cross_entropy", "weight": 0.25},
+      "kd": {"kind": "kd", "weight": 2.0, "warmup_steps": 10, "temperature": 2.0},
+  })
+  params, state = objective.init(jax.random.key(0), student, teacher, batch)
+  ce = objectives.cross_entropy().apply({}, {}, student, teacher, batch, 0)[0]
+  kd = objectives.kd(temperature=2.0).apply({}, {}, student, teacher, batch, 0)[0]
+  for step, kd_weight in [(0, 0.0), (5, 1.0), (10, 2.0), (50, 2.0)]:
+    loss, _, metrics = objective.apply(params, state, student, teacher, batch,
+                                       jnp.asarray(step, jnp.int32))
+    np.testing.assert_allclose(float(metrics["kd/weight"]), kd_weight, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), 0.25 * float(ce) + kd_weight * float(kd), rtol=1e-5)
+
+
+@pytest.fixture(name="rng_outputs")
+def fixture_rng_outputs():
+  from kdjax.models import Outputs
+  rng = np.random.default_rng(0)
+  student = Outputs(logits=jnp.asarray(rng.standard_normal((8, 5)), jnp.float32))
+  teacher = Outputs(logits=jnp.asarray(rng.standard_normal((8, 5)), jnp.float32))
+  batch = {"label": jnp.asarray(rng.integers(0, 5, 8), jnp.int32)}
+  return student, teacher, batch
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"x": {"kind": "fitnets"}}, "needs ['student', 'teacher']"),
+    ({"x": {"kind": "kd", "tau": 2.0}}, "takes no argument(s) ['tau']"),
+    ({"x": {"kind": "hinton"}}, "is not a kdjax objective term"),
+    ({"x": {"kind": "fitnets", "student": "a", "teacher": ["b", "c"]}}, "config.objective.x"),
+])
+def test_objective_errors(spec, message):
+  with pytest.raises(ConfigError) as caught:
+    builders.make_objective(spec)
+  assert message in str(caught.value)
+
+
+def test_taps_come_from_the_objective():
+  spec = {"ce": {"kind": "cross_entropy"}, "kd": {"kind": "kd"},
+          "rkd": {"kind": "rkd"},
+          "fit": {"kind": "fitnets", "student": "stage1", "teacher": ["stage2"]},
+          "at": {"kind": "attention_transfer", "student": ["stage1", "stage2"],
+                 "teacher": ["stage2", "stage3"]}}
+  student, teacher = builders.objective_taps(spec)
+  assert student == ("pre_logits", "stage1", "stage2")
+  assert teacher == ("pre_logits", "stage2", "stage3")
+  assert builders.objective_taps({"kd": {"kind": "kd"}}) == ((), ())
+
+
+def test_model_errors_name_the_key():
+  config = config_lib.resolve({"student": {"model": "mlp", "model_kwargs": {"widths": (4,)}}},
+                              num_classes=10)
+  with pytest.raises(ConfigError, match="config.student.model_kwargs"):
+    builders.make_model(config.student, side="student", input_shape=(8, 8, 1),
+                        rng=jax.random.key(0))
+  with pytest.raises(ConfigError, match="did you mean 'resnet8'"):
+    builders.check_model_name("resnet9", "teacher")
+  config = config_lib.resolve({}, num_classes=10)
+  with pytest.raises(ConfigError, match="config.objective"):
+    builders.make_model(config.student, side="student", input_shape=(8, 8, 1),
+                        rng=jax.random.key(0), taps=("no_such_layer",))

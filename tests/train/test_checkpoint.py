@@ -1,0 +1,106 @@
+"""Checkpointer: retention (latest N and the best), exact round trip, damaged checkpoints."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import kdjax
+from kdjax import objectives
+from kdjax.train import checkpoint as ckpt_lib
+from kdjax.train.errors import CheckpointError
+from tests import helpers
+
+
+def make_state(seed=0):
+  return kdjax.DistillState.create(
+      student=helpers.tap_mlp(seed, hidden=8), teacher=helpers.tap_mlp(9, hidden=16),
+      objective=objectives.combine({"kd": objectives.kd()}),
+      tx=optax.sgd(0.1, momentum=0.9), rng=jax.random.key(seed),
+      example_batch=helpers.batch(8))
+
+
+def bumped(state, step):
+  return state.replace(step=jnp.asarray(step, jnp.int32),
+                       params=jax.tree.map(lambda p: p + step, state.params),
+                       rng=jax.random.fold_in(state.rng, step))
+
+
+def steps_on_disk(directory):
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def test_round_trip_restores_everything_but_the_teacher(tmp_path):
+  state = make_state()
+  saved = bumped(state, 3)
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2)
+  checkpointer.save(3, saved, {"iterator": {"step": 3}, "elapsed_s": 1.5})
+  checkpointer.wait()
+  restored, data, step = checkpointer.restore_latest(make_state())
+  assert step == 3 and data == {"iterator": {"step": 3}, "elapsed_s": 1.5}
+  for field in ckpt_lib.STATE_FIELDS:
+    if field == "rng":
+      np.testing.assert_array_equal(jax.random.key_data(restored.rng),
+                                    jax.random.key_data(saved.rng))
+    else:
+      jax.tree.map(np.testing.assert_array_equal, getattr(restored, field), getattr(saved, field))
+  # The teacher is not in the checkpoint: the target's teacher is kept as it is.
+  assert restored.teacher_params is not None
+  assert not any("teacher" in name for name in os.listdir(tmp_path / "ckpt" / "3" / "state"))
+  checkpointer.close()
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+  state = make_state()
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2)
+  accuracy = {2: 0.9, 4: 0.5, 6: 0.6}
+  for step in range(1, 8):
+    metrics = {"accuracy": accuracy[step]} if step in accuracy else None
+    checkpointer.save(step, bumped(state, step), {}, metrics)
+  checkpointer.wait()
+  # Latest two (6, 7) plus the best evaluated one (2, accuracy 0.9).
+  assert steps_on_disk(tmp_path / "ckpt") == [2, 6, 7]
+  checkpointer.close()
+
+
+def test_incomplete_save_is_ignored_with_a_warning(tmp_path, caplog):
+  state = make_state()
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=3)
+  checkpointer.save(1, bumped(state, 1), {})
+  checkpointer.close()
+  partial = tmp_path / "ckpt" / "2.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  with caplog.at_level("WARNING"):
+    checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=3)
+  assert any("incomplete checkpoint" in r.getMessage() for r in caplog.records)
+  _, _, step = checkpointer.restore_latest(make_state())
+  assert step == 1
+  checkpointer.close()
+
+
+def test_all_checkpoints_unreadable_is_an_error_that_moves_nothing(tmp_path):
+  state = make_state()
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=3)
+  for step in (1, 2):
+    checkpointer.save(step, bumped(state, step), {})
+  checkpointer.close()
+  for step in (1, 2):
+    os.remove(tmp_path / "ckpt" / str(step) / "state" / "_METADATA")
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=3)
+  with pytest.raises(CheckpointError, match="none of the checkpoints .* new --workdir"):
+    checkpointer.restore_latest(make_state())
+  assert steps_on_disk(tmp_path / "ckpt") == [1, 2]
+  checkpointer.close()
+
+
+def test_find_checkpoint_accepts_run_checkpoints_or_step_dirs(tmp_path):
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", keep=3)
+  for step in (5, 10):
+    checkpointer.save(step, bumped(make_state(), step), {})
+  checkpointer.close()
+  want = tmp_path / "run" / "checkpoints" / "10"
+  for path in (tmp_path / "run", tmp_path / "run" / "checkpoints", want):
+    assert str(ckpt_lib.find_checkpoint(path)) == str(want)
+  assert str(ckpt_lib.find_checkpoint(tmp_path / "run" / "checkpoints" / "5")).endswith("/5")

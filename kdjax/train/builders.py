@@ -15,6 +15,7 @@ import optax
 
 from kdjax import models
 from kdjax import objectives
+from kdjax import strategies
 from kdjax.train.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -27,8 +28,12 @@ TERMS: dict[str, Callable[..., objectives.Term]] = {
         "pkt", "cka", "soft_cross_entropy", "reverse_kd", "jensen_shannon", "logit_mse")
     if hasattr(objectives, name)
 }
+# Stateful and adapter-heavy terms from kdjax.strategies.
+TERMS.update({name: getattr(strategies, name) for name in ("crd", "vid", "review_kd")})
 # Keys of a term's config that are not arguments of its constructor.
 TERM_KEYS = ("kind", "weight", "warmup_steps")
+# Constructor arguments the run fills in from the dataset when the config leaves them out.
+DATASET_ARGS = ("num_data",)  # crd: the training split's size (its memory banks' rows)
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -168,38 +173,87 @@ def _term_parts(name: str, spec: Mapping[str, Any]) -> tuple[Callable, dict[str,
                       f"{unknown}{_suggest(unknown[0], accepted)}; its arguments are {accepted} "
                       f"(plus {list(TERM_KEYS)})")
   missing = sorted(p for p in accepted if params[p].default is inspect.Parameter.empty and
-                   p not in kwargs)
+                   p not in kwargs and p not in DATASET_ARGS)
   if missing:
     raise ConfigError(f"config.objective.{name}: term kind {kind!r} needs {missing} (e.g. "
                       f"student='stage2', teacher='stage3' tap paths for feature terms)")
   return ctor, kwargs
 
 
-def make_objective(spec: Mapping[str, Any]) -> objectives.Term:
+def make_objective(spec: Mapping[str, Any], *, num_train: int | None = None,
+                   stages: Sequence[Mapping[str, Any]] = ()) -> objectives.Term:
   """The combined objective of ``config.objective``: ``{name: {kind, weight, warmup_steps, ...}}``.
 
   A term with ``warmup_steps > 0`` has its weight ramped linearly from 0 over that many steps
-  (DKD's warm-up).
+  (DKD's warm-up). ``num_train`` (the training split's size) fills in the ``num_data`` of terms
+  that index the dataset (CRD's memory banks) when the config leaves it out.
+
+  ``stages`` (``config.stages``) splits training into consecutive stages, each
+  ``{"steps": n, "terms": (names...)}``: during a stage only the listed terms count (the others
+  have weight 0); a last stage with ``steps`` 0 runs to the end. Empty: one stage, every term.
   """
   spec = _plain(spec)
   if not spec:
     raise ConfigError("config.objective needs at least one term, e.g. "
                       "{'ce': {'kind': 'cross_entropy', 'weight': 1.0}}")
+  gates = stage_gates(stages, tuple(spec))
   terms = {}
   for name, term_spec in spec.items():
     ctor, kwargs = _term_parts(name, term_spec)
+    params = inspect.signature(ctor).parameters
+    for arg in DATASET_ARGS:
+      if arg in params and arg not in kwargs:
+        if num_train is None:
+          raise ConfigError(f"config.objective.{name}: term kind {term_spec['kind']!r} needs "
+                            f"{arg} (the training split's size); set it in the term's config")
+        kwargs[arg] = int(num_train)
     try:
       term = ctor(**kwargs)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.objective.{name}: {e}") from None
     weight = float(term_spec.get("weight", 1.0))
     warmup = int(term_spec.get("warmup_steps", 0))
-    terms[name] = (term, _float_count(optax.linear_schedule(0.0, weight, warmup)) if warmup
-                   else weight)
+    schedule = optax.linear_schedule(0.0, weight, warmup) if warmup else None
+    if name in gates:
+      schedule = _gated(schedule or optax.constant_schedule(weight), *gates[name])
+    terms[name] = (term, _float_count(schedule) if schedule else weight)
   try:
     return objectives.combine(terms)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.objective: {e}") from None
+
+
+def stage_gates(stages: Sequence[Mapping[str, Any]],
+                names: Sequence[str]) -> dict[str, tuple[tuple[int, ...], tuple[bool, ...]]]:
+  """Per term, the stage boundaries (first step of stages 2..K) and whether it counts in each.
+
+  Empty when there are no stages. Raises :class:`ConfigError` for a stage naming an unknown term.
+  """
+  stages = [_plain(s) for s in stages]
+  if not stages:
+    return {}
+  bounds, step = [], 0
+  for i, stage in enumerate(stages):
+    unknown = sorted(set(stage["terms"]) - set(names))
+    if unknown:
+      raise ConfigError(f"config.stages[{i}].terms names {unknown}, which config.objective "
+                        f"does not define; its terms are {sorted(names)}")
+    step += int(stage["steps"])
+    if i < len(stages) - 1:
+      bounds.append(step)
+  return {name: (tuple(bounds), tuple(name in s["terms"] for s in stages)) for name in names}
+
+
+def _gated(schedule: optax.Schedule, bounds: Sequence[int],
+           active: Sequence[bool]) -> optax.Schedule:
+  bounds_arr = jnp.asarray(bounds, jnp.float32)
+  active_arr = jnp.asarray(active, jnp.float32)
+
+  def gated(count):
+    stage = jnp.searchsorted(bounds_arr, count, side="right")
+    return schedule(count) * active_arr[stage]
+
+  return gated
 
 
 def supervised_objective() -> objectives.Term:

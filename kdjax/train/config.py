@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp")
 # Keys whose values are free-form mappings: checked by the component that reads them.
-FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective")
+FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective", "stages")
 # Keys that change speed, logging or bookkeeping but not the trajectory of a run, so a workdir
 # may be resumed with different values (e.g. on a different machine). Everything else must match
 # the workdir's config.json.
@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.shard_teacher = False  # shard the teacher's parameters over the fsdp axis
   c.shard_student = False  # shard the student's parameters and optimizer state too
   c.compare_baseline = True  # also train the student without distillation ("student" run)
+  c.teacher_only = False  # stop after the teacher run (to train a teacher for later runs)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # digits | synthetic | tfds:<name>[:<config>]
@@ -117,6 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
       "ce": {"kind": "cross_entropy", "weight": 0.1},
       "kd": {"kind": "kd", "weight": 0.9, "temperature": 4.0},
   })
+  # Multi-stage training of the "student_kd" run: consecutive stages, each
+  # {"steps": n, "terms": (term names of config.objective that count in it)}; the other terms
+  # have weight 0 during the stage. steps=0 on the last stage: until total_steps. Empty: one
+  # stage with every term. E.g. a FitNets hint stage, then KD:
+  #   ({"steps": 2000, "terms": ("hint",)}, {"steps": 0, "terms": ("ce", "kd")})
+  c.stages = ()
   return c
 
 
@@ -250,6 +257,31 @@ def _check_objective(objective: Mapping):
                f"{path}.temperature must be > 0, got {t!r}; typical values are 1-8 (e.g. 4.0)")
 
 
+def _check_stages(stages: Any, objective: Mapping, total_steps: int):
+  example = ("e.g. ({'steps': 2000, 'terms': ('hint',)}, {'steps': 0, 'terms': ('ce', 'kd')})")
+  _require(isinstance(stages, tuple), f"config.stages must be a tuple of stages, {example}; "
+           f"got {stages!r}")
+  total = 0
+  for i, stage in enumerate(stages):
+    path = f"config.stages[{i}]"
+    _require(isinstance(stage, Mapping) and set(stage) == {"steps", "terms"},
+             f"{path} must be a mapping with exactly the keys 'steps' and 'terms', {example}; "
+             f"got {stage!r}")
+    last = i == len(stages) - 1
+    steps, terms = stage["steps"], stage["terms"]
+    _require(_is_int(steps) and (steps >= 1 or (last and steps == 0)),
+             f"{path}.steps must be an integer >= 1 (0 is allowed on the last stage: until "
+             f"config.total_steps), got {steps!r}")
+    _require(isinstance(terms, tuple) and terms and all(isinstance(t, str) for t in terms),
+             f"{path}.terms must be a non-empty tuple of term names, got {terms!r}")
+    unknown = sorted(set(terms) - set(objective))
+    _require(not unknown, f"{path}.terms names {unknown}, which config.objective does not "
+             f"define; its terms are {sorted(objective)}")
+    total += steps
+  _require(total <= total_steps, f"config.stages add up to {total} steps but config.total_steps "
+           f"is {total_steps}; shorten the stages or raise config.total_steps")
+
+
 def _validate(c: Mapping):
   for path in ("seed",):
     _require(_is_int(c[path]), f"config.{path} must be an integer, got {c[path]!r}")
@@ -290,6 +322,7 @@ def _validate(c: Mapping):
   _check_optimizer(c["optimizer"], "optimizer", c["total_steps"])
   _check_optimizer(c["teacher"]["optimizer"], "teacher.optimizer", c["teacher"]["total_steps"])
   _check_objective(c["objective"])
+  _check_stages(c["stages"], c["objective"], c["total_steps"])
 
 
 # Public API -----------------------------------------------------------------------------------

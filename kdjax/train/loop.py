@@ -128,8 +128,13 @@ def _resolve(config: Any) -> tuple[ml_collections.ConfigDict, data.DatasetInfo]:
                         f"'{info.name}'; its splits are {list(info.splits)}")
   for side in ("teacher", "student"):
     builders.check_model_name(config[side].model, side)
-  builders.make_objective(config.objective)
+  _distill_objective(config, info)
   return config, info
+
+
+def _distill_objective(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+  return builders.make_objective(config.objective, num_train=info.num_train,
+                                 stages=config.stages)
 
 
 def _make_runner(config: ml_collections.ConfigDict):
@@ -545,6 +550,9 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
           objective=builders.supervised_objective(), init_key=ctx.key(_TEACHER_INIT),
           step_key=ctx.key(_TEACHER_STEPS)))
 
+    if config.teacher_only:
+      return dict(ctx.results)
+
     if config.compare_baseline and not _finished(ctx, "student", config.total_steps):
       _run(ctx, _RunSpec(
           name="student", model_config=config.student, side="student",
@@ -556,6 +564,6 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
       _run(ctx, _RunSpec(
           name="student_kd", model_config=config.student, side="student",
           optimizer=config.optimizer, total_steps=config.total_steps,
-          objective=builders.make_objective(config.objective), init_key=ctx.key(student_steps[0]),
+          objective=_distill_objective(config, info), init_key=ctx.key(student_steps[0]),
           step_key=ctx.key(student_steps[1]), taps=student_taps, teacher=teacher()))
   return dict(ctx.results)

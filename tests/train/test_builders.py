@@ -139,3 +139,57 @@ def test_model_errors_name_the_key():
   with pytest.raises(ConfigError, match="config.objective"):
     builders.make_model(config.student, side="student", input_shape=(8, 8, 1),
                         rng=jax.random.key(0), taps=("no_such_layer",))
+
+
+def test_stages_switch_terms_on_and_off(rng_outputs):
+  student, teacher, batch = rng_outputs
+  spec = {"ce": {"kind": "cross_entropy", "weight": 0.5},
+          "kd": {"kind": "kd", "weight": 2.0, "warmup_steps": 10, "temperature": 2.0}}
+  # Stage 1 (steps 0-3): KD alone; stage 2 (4-7): CE alone; stage 3 (8-): both.
+  stages = ({"steps": 4, "terms": ("kd",)}, {"steps": 4, "terms": ("ce",)},
+            {"steps": 0, "terms": ("ce", "kd")})
+  objective = builders.make_objective(spec, stages=config_lib.resolve(
+      {"objective": spec, "stages": stages, "total_steps": 20}).stages)
+  params, state = objective.init(jax.random.key(0), student, teacher, batch)
+  ce = float(objectives.cross_entropy().apply({}, {}, student, teacher, batch, 0)[0])
+  kd = float(objectives.kd(temperature=2.0).apply({}, {}, student, teacher, batch, 0)[0])
+  # The KD weight keeps its own warm-up (2.0 * step / 10) inside the stages that include it.
+  expected = {0: (0.0, 0.0), 3: (0.0, 0.6), 4: (0.5, 0.0), 7: (0.5, 0.0), 8: (0.5, 1.6),
+              15: (0.5, 2.0)}
+  for step, (w_ce, w_kd) in expected.items():
+    loss, _, metrics = objective.apply(params, state, student, teacher, batch,
+                                       jnp.asarray(step, jnp.int32))
+    np.testing.assert_allclose(float(metrics["ce/weight"]), w_ce, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(metrics["kd/weight"]), w_kd, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(loss), w_ce * ce + w_kd * kd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("stages, message", [
+    (({"steps": 4, "terms": ("kd",)}, {"steps": 0, "terms": ("hint",)}),
+     "config.stages[1].terms names ['hint']"),
+    (({"steps": 0, "terms": ("kd",)}, {"steps": 4, "terms": ("ce",)}),
+     "config.stages[0].steps must be an integer >= 1"),
+    (({"steps": 15, "terms": ("kd",)}, {"steps": 10, "terms": ("ce",)}),
+     "config.stages add up to 25 steps but config.total_steps is 20"),
+    (({"steps": 4},), "exactly the keys 'steps' and 'terms'"),
+    (({"steps": 4, "terms": ()},), "must be a non-empty tuple of term names"),
+])
+def test_bad_stages_name_the_fix(stages, message):
+  spec = {"ce": {"kind": "cross_entropy"}, "kd": {"kind": "kd"}}
+  with pytest.raises(ConfigError) as caught:
+    config_lib.resolve({"objective": spec, "stages": stages, "total_steps": 20})
+  assert message in str(caught.value)
+
+
+def test_crd_takes_the_dataset_size_from_the_run():
+  spec = {"crd": {"kind": "crd", "feat_dim": 4, "num_negatives": 3}}
+  with pytest.raises(ConfigError, match="needs num_data"):
+    builders.make_objective(spec)
+  from kdjax.models import Outputs
+  student = Outputs(logits=jnp.zeros((2, 3)), features={"pre_logits": jnp.zeros((2, 5))})
+  teacher = Outputs(logits=jnp.zeros((2, 3)), features={"pre_logits": jnp.zeros((2, 6))})
+  batch = {"index": jnp.zeros((2,), jnp.int32), "mask": jnp.ones((2,), bool)}
+  _, state = builders.make_objective(spec, num_train=37).init(
+      jax.random.key(0), student, teacher, batch)
+  # One memory row per training example, in each of the two banks.
+  assert {leaf.shape for leaf in jax.tree.leaves(state) if leaf.ndim == 2} == {(37, 4)}

@@ -1,0 +1,19 @@
+r"""CIFAR-100, DKD (Zhao et al. 2022): CE 1 + DKD (alpha 1, beta per pair, T 4), 20-epoch warm-up.
+
+  python -m kdjax.main --config=configs/cifar100/dkd.py:resnet32x4-resnet8x4 \
+      --workdir=$HOME/kdjax/cifar100/resnet32x4-resnet8x4/dkd
+
+beta is 8, except 2 for the resnet56 pair and 6 for the WRN and VGG pairs (mdistiller's values).
+DKD's weight ramps linearly from 0 over the first 20 epochs.
+"""
+from kdjax.train import recipes
+
+
+def get_config(pair=None):
+  config = recipes.cifar100(pair)
+  config.objective = {
+      "ce": {"kind": "cross_entropy", "weight": 1.0},
+      "dkd": {"kind": "dkd", "weight": 1.0, "alpha": 1.0, "beta": recipes.get_pair(pair).dkd_beta,
+              "temperature": 4.0, "warmup_steps": recipes.epochs(20)},
+  }
+  return config

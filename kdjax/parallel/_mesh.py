@@ -5,6 +5,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -87,14 +88,19 @@ def place(tree: Any, shardings: Any) -> Any:
   ``jax.device_put`` only reaches this process's devices. Each leaf that every process holds in
   full (a numpy array, or a jax array on this process's devices) becomes one global array, each
   device taking its slice with ``jax.make_array_from_callback``; leaves that are already global
-  arrays are resharded with ``device_put``. Typed PRNG keys travel as their key data.
+  arrays are resharded with ``device_put``. Typed PRNG keys travel as their key data. The result
+  never aliases ``tree``'s buffers, so donating it leaves ``tree`` intact.
   """
   if jax.process_count() == 1:
-    return jax.device_put(tree, shardings)
+    # Always a copy: the runners donate the placed state to the step, which must not delete the
+    # caller's arrays. device_put alone may reuse an input buffer as one of the output's shards
+    # (even with may_alias=False when replicating a single-device array), so copy first.
+    fresh = jax.tree.map(lambda x: jnp.copy(x) if isinstance(x, jax.Array) else x, tree)
+    return jax.device_put(fresh, shardings)
 
   def one(x, sharding):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return jax.device_put(x, sharding)
+      return jax.device_put(jnp.copy(x), sharding)
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       data = one(jax.random.key_data(x), sharding)
       return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))

@@ -149,3 +149,15 @@ def test_mesh_errors_name_the_fix():
     parallel.make_mesh({"data": -1, "fsdp": 3})
   with pytest.raises(ValueError, match="needs parallel='jit'"):
     parallel.make_runner("pmap", mesh_shape={"data": -1, "fsdp": 2})
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_placing_a_state_never_lets_the_step_delete_the_callers_arrays(devices):
+  # On one device the state already has the target placement; the placed copy is donated to
+  # the step, and the caller's state must survive it (e.g. to place it on another runner).
+  state = jax.device_put(_state(), jax.devices()[0])
+  runner = parallel.MeshRunner(parallel.make_mesh(devices=jax.devices()[:devices]))
+  placed, _ = runner.step(runner.put_state(state), helpers.batch(BATCH))
+  assert int(placed.step) == 1
+  assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+  np.testing.assert_array_equal(np.asarray(state.step), 0)

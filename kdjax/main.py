@@ -4,7 +4,8 @@ r"""Command line: train a teacher, a baseline student and a distilled student.
   kdjax --config=configs/quickstart.py --config.seed=1 --workdir=/tmp/kdjax_seed1
 
 Override any config key with ``--config.<key>=<value>``. Several processes (multi-host):
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every process.
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on every process, or none
+under a launcher JAX detects by itself (SLURM, Open MPI, a multi-host Cloud TPU VM).
 
 Exit status: 0 done; 1 an error the printed message explains (bad config, dataset, workdir,
 checkpoint, NaN loss); 75 preempted (SIGTERM): a checkpoint was saved, run the same command
@@ -89,9 +90,36 @@ def _load_config():
   return config
 
 
+def detected_cluster(environ=os.environ) -> str | None:
+  """The multi-process launcher ``jax.distributed.initialize()`` can read by itself, if any.
+
+  Only launchers that started more than one process count: one SLURM task, one MPI rank or a
+  single-host TPU VM run as a plain single process.
+  """
+  def count(key):
+    try:
+      return int(environ.get(key, "1") or 1)
+    except ValueError:
+      return 1
+
+  if "SLURM_JOB_ID" in environ and count("SLURM_NTASKS") > 1:
+    return "SLURM"
+  if count("OMPI_COMM_WORLD_SIZE") > 1:
+    return "Open MPI"
+  if len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    return "Cloud TPU"
+  return None
+
+
 def _initialize_distributed():
   given = [f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)]
   if not any(given):
+    cluster = detected_cluster()
+    if cluster is not None:
+      import jax  # pylint: disable=g-import-not-at-top
+      logging.warning("%s launched several processes: jax.distributed.initialize() with JAX's "
+                      "auto-detection", cluster)
+      jax.distributed.initialize()
     return
   if not all(given):
     _fail("multi-process runs need all of --coordinator_address, --num_processes and "

@@ -45,3 +45,19 @@ def test_cli_user_error_from_the_pipeline(tmp_path):
   assert code == 1
   assert "config.objective.kd.temperature must be > 0" in error_line(err)
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),  # one task: a plain process
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
+    ({"SLURM_NTASKS": "4"}, None),  # not inside a SLURM job
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
+    ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, "Cloud TPU"),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single-host TPU VM
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "n/a"}, None),
+])
+def test_multi_process_launchers_are_detected(environ, expected):
+  from kdjax import main  # pylint: disable=g-import-not-at-top
+  assert main.detected_cluster(environ) == expected

@@ -145,3 +145,37 @@ def test_class_count_mismatch_names_the_fix():
 def test_accumulation_must_divide_the_batch():
   with pytest.raises(ValueError, match="accumulation_steps=3"):
     _create(helpers.tap_mlp(1), None, objectives.cross_entropy(), accumulation_steps=3)
+
+
+def test_mixed_precision_keeps_parameters_optimizer_state_and_losses_in_float32():
+  # Teacher and student compute in bfloat16; what the optimizer sees stays float32.
+  def pair(dtype):
+    kw = dict(num_classes=5, input_shape=(8, 8, 1), dtype=dtype, width=4,
+              taps=("pre_logits",))
+    return (models.create("cnn_small", rng=jax.random.key(1), **kw),
+            models.create("cnn_small", rng=jax.random.key(0), **kw))
+
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((8, 8, 8, 1)).astype(np.float32),
+           "label": rng.integers(0, 5, 8).astype(np.int32)}
+  objective = objectives.combine({"ce": (objectives.cross_entropy(), 0.1),
+                                  "kd": (objectives.kd(temperature=4.0), 0.9),
+                                  "rkd": (objectives.rkd(), 0.1)})
+  results = {}
+  for name, dtype in (("bf16", jnp.bfloat16), ("f32", jnp.float32)):
+    student, teacher = pair(dtype)
+    out, _ = student.apply(student.params, student.model_state, batch["image"], train=False,
+                           rng=None)
+    assert out.features["pre_logits"].dtype == dtype  # the activations really are bf16
+    state = _create(student, teacher, objective=objective, batch=batch,
+                    tx=optax.adamw(1e-2))
+    state, metrics = jax.jit(kdjax.distill_step)(state, batch)
+    floats = [x for x in jax.tree.leaves((state.params, state.opt_state, state.student_state))
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats), name
+    assert all(metrics[k].dtype == jnp.float32 for k in ("loss", "ce", "kd", "rkd")), name
+    results[name] = metrics
+  # The same variables computed in bfloat16 give the float32 losses up to bf16 rounding.
+  for k in ("loss", "ce", "kd", "rkd"):
+    np.testing.assert_allclose(float(results["bf16"][k]), float(results["f32"][k]), rtol=0.05,
+                               atol=1e-3, err_msg=k)

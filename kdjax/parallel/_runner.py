@@ -41,7 +41,8 @@ class MeshRunner:
   Args:
     mesh: from :func:`kdjax.parallel.make_mesh`.
     shard_teacher: shard the teacher's parameters over the ``fsdp`` axis.
-    shard_student: shard the student's parameters (and their optimizer state) as well.
+    shard_student: shard the student's parameters, their optimizer state and the objective's
+      state (memory banks such as CRD's, one row per training example) as well.
     step_fn: the step to run, ``step_fn(state, batch) -> (state, metrics)``; defaults to
       :func:`kdjax.distill_step`.
   """
@@ -74,7 +75,8 @@ class MeshRunner:
       sh = sh.replace(teacher_params=params_sh(state.teacher_params, self.shard_teacher))
       if self.shard_student:
         sh = sh.replace(params=params_sh(state.params, True),
-                        opt_state=_opt_state_shardings(state, self.mesh))
+                        opt_state=_opt_state_shardings(state, self.mesh),
+                        objective_state=params_sh(state.objective_state, True))
     return sh
 
   def put_state(self, state):

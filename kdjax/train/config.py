@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel = "jit"  # jit (a device mesh) | pmap
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
   c.shard_teacher = False  # shard the teacher's parameters over the fsdp axis
-  c.shard_student = False  # shard the student's parameters and optimizer state too
+  c.shard_student = False  # shard the student's parameters, optimizer and objective state too
   c.compare_baseline = True  # also train the student without distillation ("student" run)
   c.teacher_only = False  # stop after the teacher run (to train a teacher for later runs)
 

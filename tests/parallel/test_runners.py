@@ -161,3 +161,35 @@ def test_placing_a_state_never_lets_the_step_delete_the_callers_arrays(devices):
   assert int(placed.step) == 1
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
   np.testing.assert_array_equal(np.asarray(state.step), 0)
+
+
+def test_fsdp_shards_crd_memory_banks_with_the_student():
+  from kdjax import strategies  # pylint: disable=g-import-not-at-top
+  num_data = 64
+  objective = objectives.combine({
+      "ce": objectives.cross_entropy(),
+      "crd": strategies.crd(num_data=num_data, feat_dim=32, num_negatives=8)})
+
+  def banks(state):
+    return [state.objective_state["crd"][k] for k in ("memory_student", "memory_teacher")]
+
+  def run(runner):
+    state = runner.put_state(_state(objective=objective))
+    losses = []
+    for i in range(3):
+      b = helpers.batch(BATCH, seed=i)
+      b["index"] = (b["index"] + BATCH * i).astype(np.int32)  # rows 0..47 of the banks
+      state, metrics = runner.step(state, b)
+      losses.append(float(metrics["crd"]))
+    return losses, state
+
+  ref_losses, ref_state = run(parallel.MeshRunner(parallel.make_mesh()))
+  sharded = parallel.MeshRunner(parallel.make_mesh({"data": 2, "fsdp": 4}), shard_student=True)
+  got_losses, got_state = run(sharded)
+  bank_bytes = num_data * 32 * 4
+  for bank in banks(got_state):
+    assert bank.shape == (num_data, 32)
+    assert max(parallel.bytes_per_device(bank).values()) == bank_bytes // 4
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
+  for got, want in zip(banks(got_state), banks(ref_state)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from kdjax.objectives import Term, gather_batch, masked_mean, select
 from kdjax.objectives import _adapters
+from kdjax.losses._utils import as_float
 
 Key = str | Callable[[Any], jax.Array]
 CONTRASTS = ("nce", "softmax")
@@ -55,9 +56,10 @@ def nce_loss(log_scores: jax.Array, log_z: jax.Array, num_data: int) -> jax.Arra
   Returns:
     ``[B]``.
   """
+  log_scores, log_z = as_float(log_scores, log_z)
   k = log_scores.shape[-1] - 1
   log_p = log_scores - log_z
-  log_m_pn = jnp.float32(math.log(k / num_data))
+  log_m_pn = jnp.asarray(math.log(k / num_data), log_p.dtype)
   pos = log_p[:, 0] - jnp.logaddexp(log_p[:, 0], log_m_pn)
   neg = log_m_pn - jnp.logaddexp(log_p[:, 1:], log_m_pn)
   return -(pos + jnp.sum(neg, axis=-1))

@@ -11,6 +11,7 @@ import numpy as np
 
 from kdjax.objectives import Term, masked_mean, select
 from kdjax.objectives._base import as_tuple
+from kdjax.losses._utils import as_float
 
 Key = str | Callable[[Any], jax.Array]
 PYRAMID = (4, 2, 1)
@@ -78,7 +79,7 @@ def hierarchical_context_loss(student: Sequence[jax.Array],
   for fs, ft in zip(student, teacher):
     if fs.shape != ft.shape:
       raise ValueError(f"student map {fs.shape} and teacher map {ft.shape} must have one shape")
-    fs, ft = fs.astype(jnp.float32), ft.astype(jnp.float32)
+    fs, ft = as_float(fs, ft)
     loss, weight, tot = mse(fs, ft), 1.0, 1.0
     for level in PYRAMID:
       if level >= min(fs.shape[1], fs.shape[2]):

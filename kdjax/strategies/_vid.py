@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from kdjax.objectives import Term, masked_mean, select
 from kdjax.objectives._base import as_tuple
 from kdjax.objectives import _adapters
+from kdjax.losses._utils import as_float
 
 Key = str | Callable[[Any], jax.Array]
 
@@ -29,7 +30,7 @@ def vid_nll(teacher: jax.Array, mean: jax.Array, variance: jax.Array) -> jax.Arr
   Returns:
     ``[B]``: the mean over positions and channels.
   """
-  t = teacher.astype(jnp.float32)
+  t, mean, variance = as_float(teacher, mean, variance)
   variance = jnp.reshape(variance, (1,) * (t.ndim - 1) + (-1,))
   nll = 0.5 * (jnp.log(variance) + jnp.square(t - mean) / variance)
   return jnp.mean(nll.reshape(nll.shape[0], -1), axis=-1)

@@ -16,6 +16,7 @@ import optax
 from kdjax import models
 from kdjax import objectives
 from kdjax import strategies
+from kdjax.train import config as config_lib
 from kdjax.train.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -227,17 +228,15 @@ def stage_gates(stages: Sequence[Mapping[str, Any]],
                 names: Sequence[str]) -> dict[str, tuple[tuple[int, ...], tuple[bool, ...]]]:
   """Per term, the stage boundaries (first step of stages 2..K) and whether it counts in each.
 
-  Empty when there are no stages. Raises :class:`ConfigError` for a stage naming an unknown term.
+  Empty when there are no stages. Raises :class:`ConfigError` for stages that
+  :func:`kdjax.train.config.check_stages` rejects (e.g. one naming an unknown term).
   """
-  stages = [_plain(s) for s in stages]
+  stages = tuple(_plain(s) for s in stages)
+  config_lib.check_stages(stages, names)
   if not stages:
     return {}
   bounds, step = [], 0
   for i, stage in enumerate(stages):
-    unknown = sorted(set(stage["terms"]) - set(names))
-    if unknown:
-      raise ConfigError(f"config.stages[{i}].terms names {unknown}, which config.objective "
-                        f"does not define; its terms are {sorted(names)}")
     step += int(stage["steps"])
     if i < len(stages) - 1:
       bounds.append(step)

@@ -257,7 +257,12 @@ def _check_objective(objective: Mapping):
                f"{path}.temperature must be > 0, got {t!r}; typical values are 1-8 (e.g. 4.0)")
 
 
-def _check_stages(stages: Any, objective: Mapping, total_steps: int):
+def check_stages(stages: Any, term_names: Iterable[str], total_steps: int | None = None):
+  """Raises :class:`ConfigError` naming the fix unless ``stages`` fits ``config.stages``.
+
+  Each stage names terms of ``term_names``; with ``total_steps``, the stages must fit in it.
+  """
+  term_names = sorted(term_names)
   example = ("e.g. ({'steps': 2000, 'terms': ('hint',)}, {'steps': 0, 'terms': ('ce', 'kd')})")
   _require(isinstance(stages, tuple), f"config.stages must be a tuple of stages, {example}; "
            f"got {stages!r}")
@@ -274,11 +279,11 @@ def _check_stages(stages: Any, objective: Mapping, total_steps: int):
              f"config.total_steps), got {steps!r}")
     _require(isinstance(terms, tuple) and terms and all(isinstance(t, str) for t in terms),
              f"{path}.terms must be a non-empty tuple of term names, got {terms!r}")
-    unknown = sorted(set(terms) - set(objective))
+    unknown = sorted(set(terms) - set(term_names))
     _require(not unknown, f"{path}.terms names {unknown}, which config.objective does not "
-             f"define; its terms are {sorted(objective)}")
+             f"define; its terms are {term_names}")
     total += steps
-  _require(total <= total_steps, f"config.stages add up to {total} steps but config.total_steps "
+  _require(total_steps is None or total <= total_steps, f"config.stages add up to {total} steps but config.total_steps "
            f"is {total_steps}; shorten the stages or raise config.total_steps")
 
 
@@ -322,7 +327,7 @@ def _validate(c: Mapping):
   _check_optimizer(c["optimizer"], "optimizer", c["total_steps"])
   _check_optimizer(c["teacher"]["optimizer"], "teacher.optimizer", c["teacher"]["total_steps"])
   _check_objective(c["objective"])
-  _check_stages(c["stages"], c["objective"], c["total_steps"])
+  check_stages(c["stages"], c["objective"], c["total_steps"])
 
 
 # Public API -----------------------------------------------------------------------------------

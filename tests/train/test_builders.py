@@ -181,6 +181,16 @@ def test_bad_stages_name_the_fix(stages, message):
   assert message in str(caught.value)
 
 
+def test_make_objective_checks_stages_like_the_config():
+  spec = {"ce": {"kind": "cross_entropy"}, "kd": {"kind": "kd"}}
+  with pytest.raises(ConfigError, match=r"config.stages\[1\].terms names \['hint'\]"):
+    builders.make_objective(spec, stages=[{"steps": 4, "terms": ["kd"]},
+                                          {"steps": 0, "terms": ["hint"]}])
+  with pytest.raises(ConfigError, match=r"config.stages\[0\].steps must be an integer >= 1"):
+    builders.make_objective(spec, stages=[{"steps": 0, "terms": ["kd"]},
+                                          {"steps": 4, "terms": ["ce"]}])
+
+
 def test_crd_takes_the_dataset_size_from_the_run():
   spec = {"crd": {"kind": "crd", "feat_dim": 4, "num_negatives": 3}}
   with pytest.raises(ConfigError, match="needs num_data"):

@@ -1,4 +1,5 @@
 """Distillation objectives: losses lifted into weighted, schedulable init/apply terms."""
+from kdjax.objectives._base import Needs
 from kdjax.objectives._base import Term
 from kdjax.objectives._base import combine
 from kdjax.objectives._base import gather_batch
@@ -25,3 +26,13 @@ from kdjax.objectives._terms import rkd_angle
 from kdjax.objectives._terms import rkd_distance
 from kdjax.objectives._terms import similarity_preserving
 from kdjax.objectives._terms import soft_cross_entropy
+from kdjax.objectives._registry import TermKind
+from kdjax.objectives._registry import register
+from kdjax.objectives._registry import term_kinds
+
+for _name in ("cross_entropy", "kd", "dkd", "dist", "fitnets", "attention_transfer", "nst",
+              "feature_mse", "cosine", "similarity_preserving", "rkd", "rkd_distance",
+              "rkd_angle", "pkt", "cka", "soft_cross_entropy", "reverse_kd", "jensen_shannon",
+              "logit_mse"):
+  register(_name, globals()[_name])
+del _name

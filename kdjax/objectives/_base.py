@@ -25,11 +25,38 @@ Schedule = Callable[[jax.Array], jax.Array]
 Weight = Union[float, Schedule]
 
 
+class Needs(NamedTuple):
+  """What a term reads besides the logits, declared as data so the run layer never guesses.
+
+  Attributes:
+    student: feature tap paths the term reads from the student's outputs.
+    teacher: feature tap paths the term reads from the teacher's outputs.
+    batch: batch keys the term reads (``label``, ``index``, ``mask``, cached teacher logits...).
+  """
+
+  student: tuple[str, ...] = ()
+  teacher: tuple[str, ...] = ()
+  batch: tuple[str, ...] = ()
+
+  def merge(self, *others: "Needs") -> "Needs":
+    """The union of several terms' needs, in first-seen order."""
+    out = self
+    for other in others:
+      out = Needs(*(tuple(dict.fromkeys(a + b)) for a, b in zip(out, other)))
+    return out
+
+
+def taps_of(keys: Any) -> tuple[str, ...]:
+  """The tap paths among term keys: strings other than ``'logits'`` (callables read no tap)."""
+  return tuple(k for k in as_tuple(keys or ()) if isinstance(k, str) and k != "logits")
+
+
 class Term(NamedTuple):
-  """A distillation objective term: ``init`` and ``apply``, both pure."""
+  """A distillation objective term: ``init`` and ``apply``, both pure, and what it ``needs``."""
 
   init: Callable[..., tuple[PyTree, PyTree]]
   apply: Callable[..., tuple[jax.Array, PyTree, dict[str, jax.Array]]]
+  needs: Needs = Needs()
 
 
 def no_params_init(rng, student_out, teacher_out, batch):
@@ -135,4 +162,4 @@ def combine(terms: Mapping[str, Term | tuple[Term, Weight]]) -> Term:
     metrics["loss"] = total
     return total, new_state, metrics
 
-  return Term(init, apply)
+  return Term(init, apply, Needs().merge(*(term.needs for term, _ in parsed.values())))

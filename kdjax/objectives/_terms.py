@@ -15,8 +15,8 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.objectives import _adapters
-from kdjax.objectives._base import (Term, as_tuple, gather_batch, masked_mean, no_params_init,
-                                    select)
+from kdjax.objectives._base import (Needs, Term, as_tuple, gather_batch, masked_mean,
+                                    no_params_init, select, taps_of)
 
 Key = str | Callable[[Any], jax.Array]
 
@@ -103,7 +103,9 @@ def from_loss(loss_fn: Callable[..., jax.Array],
                        masked_mean(value, batch, mask_key))
     return total, state, {}
 
-  return Term(init if adapter else no_params_init, apply)
+  needs = Needs(student=taps_of(s_keys), teacher=taps_of(t_keys),
+                batch=(label_key,) if labels else ())
+  return Term(init if adapter else no_params_init, apply, needs)
 
 
 # Response-based ------------------------------------------------------------------------------

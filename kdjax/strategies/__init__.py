@@ -9,7 +9,7 @@
   (Learning without Forgetting).
 * Objective terms with their own params and state: :func:`crd` (contrastive representation
   distillation with memory banks), :func:`vid` (variational information distillation),
-  :func:`review_kd` (knowledge review). ``TERMS`` maps their config names to constructors.
+  :func:`review_kd` (knowledge review); each is registered as a config kind of the same name.
 """
 from kdjax.strategies._crd import crd
 from kdjax.strategies._crd import momentum_update
@@ -33,14 +33,17 @@ from kdjax.strategies._review import review_kd
 from kdjax.strategies._vid import vid
 from kdjax.strategies._vid import vid_nll
 
-# Config name -> term constructor, for the terms defined here (``config.objective.<n>.kind``).
-TERMS = {"crd": crd, "vid": vid, "review_kd": review_kd}
+from kdjax import objectives as _objectives
+
+# Config kinds of the terms defined here (``config.objective.<name>.kind``).
+_objectives.register("crd", crd, dataset_args=("num_data",))
+_objectives.register("vid", vid)
+_objectives.register("review_kd", review_kd)
 
 __all__ = [
     "AttentionFusion",
     "MutualState",
     "ReviewFusion",
-    "TERMS",
     "adaptive_avg_pool",
     "as_teacher",
     "born_again_generations",

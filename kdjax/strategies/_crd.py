@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.objectives import Term, gather_batch, masked_mean, select
+from kdjax.objectives._base import Needs, taps_of
 from kdjax.objectives import _adapters
 from kdjax.losses._utils import as_float
 
@@ -228,4 +229,4 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
       new_state[bank_key] = momentum_update(state[bank_key], write_idx, v_all, momentum)
     return s_loss + t_loss, new_state, {"student_loss": s_loss, "teacher_loss": t_loss}
 
-  return Term(init, apply)
+  return Term(init, apply, Needs(student=taps_of(student), teacher=taps_of(teacher), batch=(index_key,)))

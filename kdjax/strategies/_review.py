@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.objectives import Term, masked_mean, select
-from kdjax.objectives._base import as_tuple
+from kdjax.objectives._base import as_tuple, Needs, taps_of
 from kdjax.losses._utils import as_float
 
 Key = str | Callable[[Any], jax.Array]
@@ -228,4 +228,4 @@ def review_kd(*, student: Sequence[Key], teacher: Sequence[Key], mid_channels: i
     loss = masked_mean(hierarchical_context_loss(fused, t), batch, mask_key)
     return loss, state, {}
 
-  return Term(init, apply)
+  return Term(init, apply, Needs(student=taps_of(student), teacher=taps_of(teacher)))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.objectives import Term, masked_mean, select
-from kdjax.objectives._base import as_tuple
+from kdjax.objectives._base import as_tuple, Needs, taps_of
 from kdjax.objectives import _adapters
 from kdjax.losses._utils import as_float
 
@@ -108,4 +108,4 @@ def vid(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key], hidden: i
       metrics[f"variance_{i}"] = jnp.mean(variance)
     return total, state, metrics
 
-  return Term(init, apply)
+  return Term(init, apply, Needs(student=taps_of(student), teacher=taps_of(teacher)))

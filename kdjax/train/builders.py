@@ -21,16 +21,9 @@ from kdjax.train.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# config.objective.<name>.kind -> the kdjax.objectives constructor it builds.
+# config.objective.<name>.kind -> its constructor (kdjax.strategies registers crd, vid, review_kd).
 TERMS: dict[str, Callable[..., objectives.Term]] = {
-    name: getattr(objectives, name) for name in (
-        "cross_entropy", "kd", "dkd", "dist", "fitnets", "attention_transfer", "nst",
-        "feature_mse", "cosine", "similarity_preserving", "rkd", "rkd_distance", "rkd_angle",
-        "pkt", "cka", "soft_cross_entropy", "reverse_kd", "jensen_shannon", "logit_mse")
-    if hasattr(objectives, name)
-}
-# Stateful and adapter-heavy terms from kdjax.strategies.
-TERMS.update({name: getattr(strategies, name) for name in ("crd", "vid", "review_kd")})
+    name: kind.ctor for name, kind in objectives.term_kinds().items()}
 # Keys of a term's config that are not arguments of its constructor.
 TERM_KEYS = ("kind", "weight", "warmup_steps")
 # Constructor arguments the run fills in from the dataset when the config leaves them out.

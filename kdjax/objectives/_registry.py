@@ -1,0 +1,48 @@
+"""The one registry of term kinds: ``config.objective.<name>.kind`` -> a term constructor.
+
+Every constructor registered here takes keyword arguments only and returns a :class:`Term` whose
+``needs`` say which taps and batch keys it reads. ``dataset_args`` name constructor arguments the
+run layer fills in from the dataset when a config leaves them out (CRD's ``num_data``: the
+training split's size).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from kdjax.objectives._base import Term
+
+DATASET_ARGS = ("num_data", "num_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class TermKind:
+  """A registered term kind: its constructor and the arguments the dataset supplies."""
+
+  name: str
+  ctor: Callable[..., Term]
+  dataset_args: tuple[str, ...] = ()
+
+
+_KINDS: dict[str, TermKind] = {}
+
+
+def register(name: str, ctor: Callable[..., Term], *, dataset_args: tuple[str, ...] = ()) -> None:
+  """Makes ``ctor`` available to configs as ``{'kind': name, ...}``.
+
+  Args:
+    name: the config kind (``'kd'``, ``'crd'``, ...); registering a name twice replaces it.
+    ctor: keyword-only constructor returning a :class:`Term`.
+    dataset_args: arguments of ``ctor`` the run fills in from the dataset when the config
+      leaves them out; each must be one of ``DATASET_ARGS``.
+  """
+  unknown = sorted(set(dataset_args) - set(DATASET_ARGS))
+  if unknown:
+    raise ValueError(f"dataset_args {unknown} are not values a run can supply; use a subset of "
+                     f"{DATASET_ARGS}")
+  _KINDS[name] = TermKind(name, ctor, tuple(dataset_args))
+
+
+def term_kinds() -> dict[str, TermKind]:
+  """Every registered kind, by name (a copy)."""
+  return dict(_KINDS)

@@ -126,7 +126,7 @@ class DistillState:
         params=params,
         student_state=copy(student.model_state),
         objective_state=obj_state,
-        opt_state=_init_optimizer(tx, params),
+        opt_state=init_optimizer(tx, params),
         rng=step_rng,
         teacher_params=None if teacher is None else copy(teacher.params),
         teacher_state=None if teacher is None else copy(teacher.model_state),
@@ -139,7 +139,8 @@ class DistillState:
         accumulation_steps=accumulation_steps)
 
 
-def _init_optimizer(tx, params):
+def init_optimizer(tx: optax.GradientTransformation, params: PyTree) -> optax.OptState:
+  """``tx.init(params)`` under standard dtype promotion (optax mixes Python floats and ints)."""
   with jax.numpy_dtype_promotion("standard"):
     return tx.init(params)
 
@@ -153,11 +154,14 @@ def teacher_forward(state: DistillState, inputs: Any) -> Outputs | None:
   return jax.lax.stop_gradient(out)
 
 
-def _pmean(tree, axis_name):
+def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
+  """``lax.pmean`` over ``axis_name``; the tree itself when there is no mapped axis (``jit``)."""
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _batch_metrics(logits, teacher_out, batch, label_key) -> dict[str, jax.Array]:
+def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
+                  label_key: str) -> dict[str, jax.Array]:
+  """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher) of a batch."""
   metrics = {}
   pred = jnp.argmax(logits, axis=-1)
   mask = batch.get("mask")
@@ -190,7 +194,7 @@ def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, studen
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   logits, new_student_state, new_objective_state, metrics = aux
   metrics = {**metrics, "loss": loss,
-             **_batch_metrics(logits, teacher_out, batch, state.label_key)}
+             **batch_metrics(logits, teacher_out, batch, state.label_key)}
   return grads, new_student_state, new_objective_state, metrics
 
 
@@ -240,9 +244,9 @@ def distill_step(state: DistillState, batch: Batch, *,
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-  grads = _pmean(grads, axis_name)
-  student_state = _pmean(student_state, axis_name)
-  metrics = _pmean(metrics, axis_name)
+  grads = pmean(grads, axis_name)
+  student_state = pmean(student_state, axis_name)
+  metrics = pmean(metrics, axis_name)
   # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction), which
   # strict dtype promotion rejects; the optimizer runs under standard promotion so kdjax code
   # itself can be checked under strict promotion.

@@ -2,8 +2,10 @@
 
 Every constructor registered here takes keyword arguments only and returns a :class:`Term` whose
 ``needs`` say which taps and batch keys it reads. ``dataset_args`` name constructor arguments the
-run layer fills in from the dataset when a config leaves them out (CRD's ``num_data``: the
-training split's size).
+run layer fills in when a config leaves them out: ``num_data`` (the training split's size, for
+CRD's memory banks), ``num_classes`` (the dataset's class count) and ``teacher_model`` (the
+trained teacher as a :class:`kdjax.models.Model`, for terms built from its parameters, such as a
+margin from its BatchNorm statistics or its classifier head).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Callable
 
 from kdjax.objectives._base import Term
 
-DATASET_ARGS = ("num_data", "num_classes")
+DATASET_ARGS = ("num_data", "num_classes", "teacher_model")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import optax
 from kdjax import losses
 from kdjax.models import Model
 from kdjax.objectives import masked_mean
-from kdjax.step import _batch_metrics, _init_optimizer, _pmean
+from kdjax.step import batch_metrics, init_optimizer, pmean
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -101,7 +101,7 @@ class MutualState:
     params = tuple(copy(s.params) for s in students)
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                model_states=tuple(copy(s.model_state) for s in students),
-               opt_states=tuple(_init_optimizer(tx, p) for p in params), rng=rng,
+               opt_states=tuple(init_optimizer(tx, p) for p in params), rng=rng,
                applies=tuple(s.apply for s in students), tx=tx,
                temperature=float(temperature), kd_weight=float(kd_weight), input_key=input_key,
                label_key=label_key)
@@ -179,11 +179,11 @@ def mutual_step(state: MutualState, batch: Batch, *,
       loss_fn, has_aux=True)(state.params)
   for k, z in enumerate(logits):
     metrics.update({f"student_{k}/{name}": v
-                    for name, v in _batch_metrics(z, None, batch, state.label_key).items()})
+                    for name, v in batch_metrics(z, None, batch, state.label_key).items()})
   metrics["loss"] = total
-  grads = _pmean(grads, axis_name)
-  model_states = _pmean(model_states, axis_name)
-  metrics = _pmean(metrics, axis_name)
+  grads = pmean(grads, axis_name)
+  model_states = pmean(model_states, axis_name)
+  metrics = pmean(metrics, axis_name)
   new_params, new_opt_states = [], []
   # Like distill_step: optax runs under standard dtype promotion (some transformations mix
   # Python floats with int32 counts), kdjax's own code under whatever the caller set.

@@ -16,8 +16,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdjax import _checkpointable
+from kdjax import losses
+from kdjax.losses import _utils as loss_utils
 from kdjax.models import Model, Outputs
-from kdjax.objectives import Term
+from kdjax.objectives import Needs, Term
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -35,10 +38,13 @@ class DistillState:
     objective_state: the terms' non-trainable state (memory banks, buffers).
     opt_state: the optax state of ``params``.
     rng: base key; step ``i`` draws from ``fold_in(rng, i)`` so a resumed run draws the same.
-    teacher_params, teacher_state: the frozen teacher's variables (``None`` without a teacher).
+    teacher_params, teacher_state: the frozen teacher's variables (``None`` without a teacher);
+      never part of a checkpoint (:meth:`checkpoint_tree`).
     student_apply, teacher_apply, tx, objective: static: the model protocol functions, the
       optax transformation and the objective term.
     input_key, label_key: which batch entries hold the model inputs and the integer labels.
+    input_shape: static: the per-example shape of ``example_batch[input_key]`` (one tuple per
+      input array), so a step fed inputs of another shape says so before the model fails.
     accumulation_steps: micro-batches per update (gradient accumulation).
   """
 
@@ -48,8 +54,8 @@ class DistillState:
   objective_state: PyTree
   opt_state: optax.OptState
   rng: jax.Array
-  teacher_params: PyTree
-  teacher_state: PyTree
+  teacher_params: PyTree = _checkpointable.frozen_field()
+  teacher_state: PyTree = _checkpointable.frozen_field()
   student_apply: Callable = flax.struct.field(pytree_node=False)
   teacher_apply: Callable | None = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
@@ -57,6 +63,8 @@ class DistillState:
   input_key: str = flax.struct.field(pytree_node=False, default="image")
   label_key: str = flax.struct.field(pytree_node=False, default="label")
   accumulation_steps: int = flax.struct.field(pytree_node=False, default=1)
+  input_shape: tuple[tuple[int, ...], ...] | None = flax.struct.field(pytree_node=False,
+                                                                      default=None)
 
   @classmethod
   def create(cls,
@@ -94,6 +102,8 @@ class DistillState:
     if input_key not in example_batch:
       raise ValueError(f"the batch has no {input_key!r} entry (it has {sorted(example_batch)}); "
                        "pass input_key=... naming the entry that holds the model inputs")
+    _check_not_empty(example_batch[input_key], input_key, "example_batch")
+    _check_needed_keys(objective, example_batch, "example_batch")
     accumulation_steps = int(accumulation_steps)
     batch_size = jax.tree.leaves(example_batch)[0].shape[0]
     if accumulation_steps < 1 or batch_size % accumulation_steps:
@@ -113,6 +123,8 @@ class DistillState:
             f"teacher logits have {t_out.logits.shape[-1]} classes but the student has "
             f"{s_out.logits.shape[-1]}; build both models with the same num_classes "
             "(config.student.num_classes / config.teacher.num_classes)")
+    loss_utils.check_mask(example_batch.get("mask"), s_out.logits.shape[:-1],
+                          "example_batch: the student's predictions (logits.shape[:-1])")
     zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
     obj_rng, step_rng = jax.random.split(rng)
     obj_params, obj_state = objective.init(obj_rng, zeros(s_out), zeros(t_out),
@@ -136,7 +148,88 @@ class DistillState:
         objective=objective,
         input_key=input_key,
         label_key=label_key,
-        accumulation_steps=accumulation_steps)
+        accumulation_steps=accumulation_steps,
+        input_shape=_example_shape(x))
+
+
+  def checkpoint_tree(self) -> dict[str, PyTree]:
+    """What a checkpoint of this state holds: every trained field, never the teacher."""
+    return _checkpointable.checkpoint_tree(self)
+
+  def from_checkpoint_tree(self, tree: PyTree) -> "DistillState":
+    """This state with the trained fields of ``tree`` (from :meth:`checkpoint_tree`)."""
+    return _checkpointable.from_checkpoint_tree(self, tree)
+
+  def with_teacher(self, teacher: Model | None) -> "DistillState":
+    """The same student state distilling from (or, at evaluation, compared with) ``teacher``."""
+    if teacher is None:
+      return self.replace(teacher_params=None, teacher_state=None, teacher_apply=None)
+    return self.replace(teacher_params=teacher.params, teacher_state=teacher.model_state,
+                        teacher_apply=teacher.apply)
+
+  def student(self, *, taps: tuple[str, ...] = (), name: str = "student") -> Model:
+    """The trained student as a :class:`~kdjax.models.Model` holding copies of its arrays.
+
+    Copies, so that stepping this state further with a donating jitted step never deletes the
+    returned model's arrays (e.g. when it becomes the next run's teacher).
+    """
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    return Model(apply=self.student_apply, params=copy(self.params["student"]),
+                 model_state=copy(self.student_state), taps=tuple(taps), name=name)
+
+
+def _example_shape(inputs: Any) -> tuple[tuple[int, ...], ...]:
+  """The per-example shape of each input array (its shape without the batch axis)."""
+  return tuple(tuple(a.shape[1:]) for a in jax.tree.leaves(inputs))
+
+
+def _check_not_empty(inputs: Any, input_key: str, what: str) -> None:
+  for a in jax.tree.leaves(inputs):
+    if a.ndim == 0 or a.shape[0] == 0:
+      raise ValueError(f"{what} is empty: its {input_key!r} entry has shape {a.shape}; a batch "
+                       "needs a leading batch axis with at least one example (drop empty "
+                       "batches, or pad them and mark the padding in batch['mask'])")
+
+
+def _check_needed_keys(objective: Term, batch: Batch, what: str) -> None:
+  """The batch keys the objective declares (``objective.needs.batch``) must all be present."""
+  needs = getattr(objective, "needs", Needs())
+  missing = [k for k in needs.batch if k not in batch]
+  if missing:
+    raise ValueError(f"the objective reads batch key(s) {missing} but {what} has "
+                     f"{sorted(batch)}; add {missing[0]!r} to the batch, or point the term at the "
+                     "key that holds it (e.g. label_key=... for the labels)")
+
+
+def _check_batch(state: "DistillState", batch: Batch, *, objective: bool) -> None:
+  """Trace-time checks of a step's batch against what ``DistillState.create`` saw.
+
+  Inputs whose per-example shape differs from the example batch's are refused, with the two
+  shapes, when the student cannot run on them (a model that takes several sequence lengths
+  still can).
+  """
+  if state.input_key not in batch:
+    raise ValueError(f"the batch has no {state.input_key!r} entry (it has {sorted(batch)}); "
+                     "feed batches with the entries of the example batch given to "
+                     "DistillState.create")
+  inputs = batch[state.input_key]
+  _check_not_empty(inputs, state.input_key, "the batch")
+  if objective:
+    _check_needed_keys(state.objective, batch, "the batch")
+  if state.input_shape is None or _example_shape(inputs) == state.input_shape:
+    return
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+  try:
+    jax.eval_shape(lambda p, s, x: state.student_apply(p, s, x, train=False, rng=None),
+                   abstract(state.params["student"]), abstract(state.student_state),
+                   abstract(inputs))
+  except Exception as e:  # The model's own error (e.g. Flax's ScopeParamShapeError) is chained.
+    shapes = lambda shape_list: ", ".join(str(("batch", *s)) for s in shape_list)
+    got = ", ".join(str(tuple(a.shape)) for a in jax.tree.leaves(inputs))
+    raise ValueError(
+        f"the student expects inputs shaped {shapes(state.input_shape)} (from example_batch), "
+        f"got {got} in batch[{state.input_key!r}]; feed batches shaped like the example batch, "
+        "or create the state with an example batch of the new shape") from e
 
 
 def init_optimizer(tx: optax.GradientTransformation, params: PyTree) -> optax.OptState:
@@ -161,21 +254,22 @@ def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
 
 def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
                   label_key: str) -> dict[str, jax.Array]:
-  """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher) of a batch."""
+  """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher) of a batch.
+
+  Both are :func:`kdjax.losses.masked_mean` over the examples (or tokens) ``batch['mask']``
+  keeps. The mask must have the batch's leading shape, ``logits.shape[:-1]`` (``[B]``, or
+  ``[B, L]`` for token logits) or ``[B]``; any other shape is a ``ValueError``, never ignored.
+  """
   metrics = {}
   pred = jnp.argmax(logits, axis=-1)
-  mask = batch.get("mask")
-  mask = None if mask is None or mask.shape != pred.shape else mask.astype(jnp.float32)
-
-  def mean(x):
-    x = x.astype(jnp.float32)
-    return jnp.mean(x) if mask is None else jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
+  mask = loss_utils.check_mask(batch.get("mask"), pred.shape,
+                               "the student's predictions (logits.shape[:-1])")
   labels = batch.get(label_key)
   if labels is not None and labels.shape == pred.shape:
-    metrics["accuracy"] = mean(pred == labels)
+    metrics["accuracy"] = losses.masked_mean(pred == labels, mask)
   if teacher_out is not None:
-    metrics["agreement"] = mean(pred == jnp.argmax(teacher_out.logits, axis=-1))
+    metrics["agreement"] = losses.masked_mean(pred == jnp.argmax(teacher_out.logits, axis=-1),
+                                              mask)
   return metrics
 
 
@@ -216,6 +310,7 @@ def distill_step(state: DistillState, batch: Batch, *,
     name, ``accuracy`` (when labels are given) and ``agreement`` (student-teacher top-1, when
     there is a teacher).
   """
+  _check_batch(state, batch, objective=True)
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -263,21 +358,28 @@ def eval_step(state: DistillState, batch: Batch, *,
   """Student (and teacher) predictions on a batch, in inference mode.
 
   Returns per-example arrays, for the caller to aggregate (accuracy, top-5, macro F1,
-  calibration): ``prediction`` (student argmax), ``confidence`` (student max probability),
+  calibration, perplexity): ``prediction`` (student argmax), ``confidence`` (student max
+  probability), ``nll`` (the label's negative log-likelihood),
   ``top5`` (whether the label is in the student's top 5; only with >= 5 classes),
   ``correct`` and, with a teacher, ``teacher_prediction`` and ``agreement``. ``batch['mask']``
   (when present) is passed through as ``mask``.
   """
   del axis_name  # Per-example outputs need no collective.
+  _check_batch(state, batch, objective=False)
   inputs = batch[state.input_key]
   out, _ = state.student_apply(state.params["student"], state.student_state, inputs, train=False,
                                rng=None)
   logits = out.logits.astype(jnp.float32)
+  loss_utils.check_mask(batch.get("mask"), logits.shape[:-1],
+                        "the student's predictions (logits.shape[:-1])")
   probs = jax.nn.softmax(logits, axis=-1)
   result = {"prediction": jnp.argmax(logits, axis=-1), "confidence": jnp.max(probs, axis=-1)}
   labels = batch.get(state.label_key)
   if labels is not None:
     result["correct"] = result["prediction"] == labels
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    result["nll"] = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32),
+                                         axis=-1)[..., 0]
     if logits.shape[-1] >= 5:
       _, top5 = jax.lax.top_k(logits, 5)
       result["top5"] = jnp.any(top5 == labels[..., None], axis=-1)

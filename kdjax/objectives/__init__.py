@@ -26,6 +26,14 @@ from kdjax.objectives._terms import rkd_angle
 from kdjax.objectives._terms import rkd_distance
 from kdjax.objectives._terms import similarity_preserving
 from kdjax.objectives._terms import soft_cross_entropy
+from kdjax.objectives._catalogue import activation_boundary
+from kdjax.objectives._catalogue import correlation_congruence
+from kdjax.objectives._catalogue import factor_transfer
+from kdjax.objectives._catalogue import fsp
+from kdjax.objectives._catalogue import kdsvd
+from kdjax.objectives._catalogue import mlkd
+from kdjax.objectives._catalogue import ofd
+from kdjax.objectives._catalogue import srd
 from kdjax.objectives._registry import TermKind
 from kdjax.objectives._registry import register
 from kdjax.objectives._registry import term_kinds
@@ -35,4 +43,10 @@ for _name in ("cross_entropy", "kd", "dkd", "dist", "fitnets", "attention_transf
               "rkd_angle", "pkt", "cka", "soft_cross_entropy", "reverse_kd", "jensen_shannon",
               "logit_mse"):
   register(_name, globals()[_name])
+del _name
+for _name in ("correlation_congruence", "fsp", "factor_transfer", "activation_boundary", "kdsvd",
+              "mlkd"):
+  register(_name, globals()[_name])
+register("ofd", ofd, dataset_args=("teacher_model",))
+register("srd", srd, dataset_args=("teacher_model",))
 del _name

@@ -20,6 +20,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+# The one masked mean, shared with the losses: ``masked_mean(values, batch, mask_key)`` reads
+# ``batch[mask_key]``, ``masked_mean(values, mask)`` takes the mask itself.
+from kdjax.losses import masked_mean  # noqa: F401  (re-exported as kdjax.objectives.masked_mean)
+
 PyTree = Any
 Schedule = Callable[[jax.Array], jax.Array]
 Weight = Union[float, Schedule]
@@ -98,16 +102,6 @@ def gather_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
   if axis_name is None:
     return x
   return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
-
-
-def masked_mean(values: jax.Array, batch: Mapping[str, Any], mask_key: str | None) -> jax.Array:
-  """Mean of per-example (or per-token) values, over the entries ``batch[mask_key]`` marks real."""
-  values = values.astype(jnp.float32)
-  mask = batch.get(mask_key) if (mask_key and isinstance(batch, Mapping)) else None
-  if mask is None or mask.shape != values.shape:
-    return jnp.mean(values)
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def combine(terms: Mapping[str, Term | tuple[Term, Weight]]) -> Term:

@@ -2,18 +2,21 @@
 
 ``from_loss`` lifts any loss of ``kdjax.losses`` (or your own) into a :class:`Term`: it reads the
 student's and teacher's arrays (``'logits'`` or a tap path), optionally passes them through a
-trainable adapter, calls the loss and reduces per-example values with a mean over the examples
-``batch['mask']`` marks real (all of them when there is no mask).
+trainable adapter, calls the loss and reduces per-example (or per-token) values with the one
+:func:`~kdjax.losses.masked_mean` over the positions ``batch['mask']`` marks real (all of them
+when there is no mask). Losses that take a ``mask`` argument get it too.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from kdjax import losses
+from kdjax.losses import _utils as loss_utils
 from kdjax.objectives import _adapters
 from kdjax.objectives._base import (Needs, Term, as_tuple, gather_batch, masked_mean,
                                     no_params_init, select, taps_of)
@@ -21,10 +24,29 @@ from kdjax.objectives._base import (Needs, Term, as_tuple, gather_batch, masked_
 Key = str | Callable[[Any], jax.Array]
 
 
-def _check_temperature(temperature):
-  if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}; typical values are 1-8 "
-                     "(e.g. temperature=4.0)")
+def _takes_mask(loss_fn: Callable[..., jax.Array]) -> bool:
+  try:
+    return "mask" in inspect.signature(loss_fn).parameters
+  except (TypeError, ValueError):  # Builtins and some C callables have no signature.
+    return False
+
+
+def batch_entry(batch: Mapping[str, Any], key: str, what: str) -> jax.Array:
+  """``batch[key]``, or a ``ValueError`` naming the missing key and the keys the batch has."""
+  if not isinstance(batch, Mapping) or key not in batch:
+    have = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+    raise ValueError(f"this term reads {what} from batch[{key!r}] but the batch has {have}; add "
+                     f"it to the batch or name the right key (e.g. label_key=...)")
+  return jnp.asarray(batch[key])
+
+
+def _zero_padding(mask: jax.Array | None, arrays: list[jax.Array]) -> list[jax.Array]:
+  """Zeroes padded positions of every array whose leading axes are the mask's, before adapters
+  and losses see them, so NaN or inf padding reaches neither the loss nor any gradient."""
+  if mask is None:
+    return arrays
+  m = jnp.asarray(mask).astype(bool)
+  return [loss_utils.mask_inputs(m, a)[0] if a.shape[:m.ndim] == m.shape else a for a in arrays]
 
 
 def from_loss(loss_fn: Callable[..., jax.Array],
@@ -37,12 +59,20 @@ def from_loss(loss_fn: Callable[..., jax.Array],
               adapter_hidden: int | None = None,
               label_key: str = "label",
               mask_key: str | None = "mask",
+              takes_mask: bool | None = None,
               **loss_kwargs) -> Term:
   """Lifts a loss function into a term.
 
+  Per-example losses (``[B]`` values, or ``[B, L]`` per token) are reduced with
+  :func:`~kdjax.losses.masked_mean` over the positions ``batch[mask_key]`` keeps; the mask must
+  have the batch's leading shape (``[B]``, or ``[B, L]`` for token batches), anything else is a
+  ``ValueError``. Padded positions are zeroed in the student's and teacher's arrays before the
+  adapter and the loss, so NaN or inf padding never reaches the loss or its gradient.
+
   Args:
-    loss_fn: ``loss_fn(student_array, teacher_array, [labels], **loss_kwargs)``; per-example
-      losses are averaged over the (masked) examples, batch-level ones used as they are.
+    loss_fn: ``loss_fn(student_array, teacher_array, [labels], [mask=...], **loss_kwargs)``;
+      per-example losses are averaged over the (masked) examples, batch-level ones used as they
+      are.
     student: what to read from the student: ``'logits'``, a tap path, a callable on
       :class:`~kdjax.models.Outputs`, or a sequence of those (one loss per pair, summed).
     teacher: the same for the teacher, paired with ``student``; ``None`` for losses of the
@@ -54,7 +84,11 @@ def from_loss(loss_fn: Callable[..., jax.Array],
       each student array onto the teacher's channel count, trained with the student (FitNets).
     adapter_hidden: hidden width of the ``'mlp'`` adapter.
     label_key: batch key of the integer labels.
-    mask_key: batch key of the per-example validity mask used in the reduction.
+    mask_key: batch key of the per-example (or per-token) validity mask used in the
+      reduction; ``None`` uses every position.
+    takes_mask: pass the mask to ``loss_fn`` as ``mask=`` (the catalogue's per-example losses
+      take one; needed where the loss's positions are not the arrays' leading axes, e.g.
+      attention maps ``[B, H, L, L]``). Default: whether ``loss_fn`` has a ``mask`` parameter.
     **loss_kwargs: forwarded to ``loss_fn`` (temperature, alpha, ...).
   """
   s_keys = as_tuple(student)
@@ -64,7 +98,8 @@ def from_loss(loss_fn: Callable[..., jax.Array],
   if adapter is not None and t_keys is None:
     raise ValueError("an adapter maps student arrays onto teacher arrays; it needs teacher=...")
   if "temperature" in loss_kwargs:
-    _check_temperature(loss_kwargs["temperature"])
+    loss_utils.check_temperature(loss_kwargs["temperature"])
+  pass_mask = _takes_mask(loss_fn) if takes_mask is None else bool(takes_mask)
 
   def arrays(student_out, teacher_out):
     s = [select(student_out, k, side="student") for k in s_keys]
@@ -85,23 +120,28 @@ def from_loss(loss_fn: Callable[..., jax.Array],
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
     del step
     s, t = arrays(student_out, teacher_out)
-    total = jnp.zeros((), jnp.float32)
+    label_arr = batch_entry(batch, label_key, "integer labels") if labels else None
+    mask = None
+    if not batch_level and mask_key is not None and isinstance(batch, Mapping):
+      mask = batch.get(mask_key)
+    parts = []  # One loss per student/teacher pair, summed.
     for i in range(len(s)):
-      s_i = s[i]
+      s_i, t_i = _zero_padding(mask, [s[i], s[i] if t is None else t[i]])
       if adapter is not None:
-        proj = _adapters.make_projector(adapter, t[i].shape[-1], adapter_hidden)
+        proj = _adapters.make_projector(adapter, t_i.shape[-1], adapter_hidden)
         s_i = proj.apply({"params": params[f"adapter_{i}"]}, s_i)
-      args = [s_i] if t is None else [s_i, t[i]]
-      label_arr = batch[label_key] if labels else None
+      args = [s_i] if t is None else [s_i, t_i]
       if batch_level:
         args = [gather_batch(a, axis_name) for a in args]
-        label_arr = None if label_arr is None else gather_batch(label_arr, axis_name)
+        if labels:
+          args.append(gather_batch(label_arr, axis_name))
+        parts.append(loss_fn(*args, **loss_kwargs).astype(jnp.float32))
+        continue
       if labels:
         args.append(label_arr)
-      value = loss_fn(*args, **loss_kwargs)
-      total = total + (value.astype(jnp.float32) if batch_level else
-                       masked_mean(value, batch, mask_key))
-    return total, state, {}
+      extra = {"mask": mask} if pass_mask else {}
+      parts.append(masked_mean(loss_fn(*args, **extra, **loss_kwargs), mask))
+    return sum(parts[1:], parts[0]), state, {}
 
   needs = Needs(student=taps_of(s_keys), teacher=taps_of(t_keys),
                 batch=(label_key,) if labels else ())
@@ -165,7 +205,14 @@ def _maybe_standardized(loss_fn, standardize: bool):
 
 def fitnets(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
             adapter: str | None = "linear") -> Term:
-  """FitNets hints (Romero et al. 2015): MSE between regressed student and teacher features."""
+  """FitNets hints (Romero et al. 2015): MSE between regressed student and teacher features.
+
+  ``adapter`` is the trainable regressor from the student's channels to the teacher's:
+  ``'linear'`` (a 1x1 convolution), ``'conv3x3_bn_relu'`` (RepDistiller's ``ConvReg``: 3x3
+  convolution, BatchNorm on the batch's statistics, ReLU; what the CIFAR-100 recipes use),
+  ``'mlp'`` or ``None`` (channels already equal). Maps of different resolution are compared after
+  adaptive-average-pooling the larger one (:func:`kdjax.losses.match_spatial`).
+  """
   return from_loss(losses.feature_mse, student=student, teacher=teacher, adapter=adapter)
 
 

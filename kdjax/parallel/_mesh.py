@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -80,6 +81,37 @@ def param_shardings(tree: Any, mesh: Mesh, *, shard: bool, min_size: int = 2**10
   """Shardings for a parameter tree: FSDP-sharded over the ``fsdp`` axis when ``shard``."""
   n = mesh.shape.get(FSDP_AXIS, 1) if shard else 1
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), n, min_size)), tree)
+
+
+def tree_paths(tree: Any) -> Any:
+  """The tree with each leaf replaced by its path, ``'/'``-joined (``'params/student/Dense_0/kernel'``)."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+
+  return jax.tree_util.tree_map_with_path(lambda path, _: "/".join(name(e) for e in path), tree)
+
+
+def shardings_by_rules(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, bool]], *,
+                       min_size: int = 2**10) -> Any:
+  """Per-leaf shardings chosen by the first rule whose regex matches the leaf's path.
+
+  A rule ``(pattern, shard)`` with ``shard=True`` splits the matching arrays over the ``fsdp``
+  axis (their largest divisible dimension, :func:`fsdp_spec`); ``False`` and leaves no rule
+  matches are replicated. Rules read paths, not field names, so any state tree is placed the
+  same way (big_vision's sharding rules).
+  """
+  compiled = [(re.compile(pattern), shard) for pattern, shard in rules]
+  n = mesh.shape.get(FSDP_AXIS, 1)
+
+  def one(path, x):
+    shard = next((s for p, s in compiled if p.search(path)), False)
+    spec = fsdp_spec(np.shape(x), n, min_size) if shard else P()
+    return NamedSharding(mesh, spec)
+
+  return jax.tree.map(one, tree_paths(tree), tree)
 
 
 def place(tree: Any, shardings: Any) -> Any:

@@ -66,18 +66,14 @@ class MeshRunner:
   def num_devices(self) -> int:
     return self.mesh.size
 
-  def _state_sharding(self, state):
-    def params_sh(tree, shard):
-      return _mesh.param_shardings(tree, self.mesh, shard=shard)
+  def sharding_rules(self) -> tuple[tuple[str, bool], ...]:
+    """Path rules: the teacher's parameters with ``shard_teacher``; with ``shard_student`` the
+    trained parameters, their optimizer state and the objective's state (memory banks)."""
+    return ((r"^teacher_params(/|$)", self.shard_teacher),
+            (r"^(params|opt_states?|objective_state)(/|$)", self.shard_student))
 
-    sh = jax.tree.map(lambda _: self._replicated, state)
-    if isinstance(state, step_lib.DistillState):
-      sh = sh.replace(teacher_params=params_sh(state.teacher_params, self.shard_teacher))
-      if self.shard_student:
-        sh = sh.replace(params=params_sh(state.params, True),
-                        opt_state=_opt_state_shardings(state, self.mesh),
-                        objective_state=params_sh(state.objective_state, True))
-    return sh
+  def _state_sharding(self, state):
+    return _mesh.shardings_by_rules(state, self.mesh, self.sharding_rules())
 
   def put_state(self, state):
     """Places a host (or differently placed) state on the mesh."""
@@ -106,6 +102,17 @@ class MeshRunner:
             out_shardings=self._replicated)
     return self._compiled[name]
 
+  @property
+  def step_fn(self) -> Callable:
+    return self._step_fn
+
+  def with_step_fn(self, step_fn: Callable) -> "MeshRunner":
+    """The same placement running another step function (e.g. ``kdjax.checked(step_fn)``)."""
+    other = MeshRunner(self.mesh, shard_teacher=self.shard_teacher,
+                       shard_student=self.shard_student, step_fn=step_fn, eval_fn=self._eval_fn)
+    other.state_sharding = self.state_sharding
+    return other
+
   def step(self, state, local_batch):
     """One update; returns the new (placed) state and the metrics (replicated arrays)."""
     return self._jit("step", self._step_fn, True)(state, self.put_batch(local_batch))
@@ -118,13 +125,6 @@ class MeshRunner:
   def host_state(self, state):
     """The state as global arrays, ready for checkpointing (already global under jit)."""
     return state
-
-
-def _opt_state_shardings(state, mesh):
-  # Optimizer moments mirror the parameter tree; shard each array like a parameter of its shape.
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, _mesh.fsdp_spec(np.shape(x), mesh.shape.get(_mesh.FSDP_AXIS, 1))),
-      state.opt_state)
 
 
 def _first_copy(x: jax.Array) -> jax.Array:
@@ -149,6 +149,7 @@ class PmapRunner:
   def __init__(self, *, step_fn: Callable = step_lib.distill_step,
                eval_fn: Callable = step_lib.eval_step):
     self._devices = jax.local_devices()
+    self.step_fn = step_fn
     self._step = jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
                           donate_argnums=0)
     self._eval_fn = eval_fn
@@ -172,6 +173,10 @@ class PmapRunner:
     return jax.device_put(
         {k: np.asarray(v).reshape(n, -1, *np.shape(v)[1:]) for k, v in local_batch.items()},
         self._sharding)
+
+  def with_step_fn(self, step_fn: Callable) -> "PmapRunner":
+    """The same placement running another step function (e.g. ``kdjax.checked(step_fn)``)."""
+    return PmapRunner(step_fn=step_fn, eval_fn=self._eval_fn)
 
   def step(self, state, local_batch):
     state, metrics = self._step(state, self.put_batch(local_batch))

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-
 from kdjax.models import Model
 from kdjax.step import DistillState
 
@@ -46,9 +43,7 @@ def as_teacher(state: DistillState, *, taps: Sequence[str] = (), name: str = "")
   if not isinstance(state, DistillState):
     raise TypeError(f"as_teacher takes a kdjax.DistillState, got {type(state).__name__}; a train_fn "
                     "must return the trained DistillState")
-  copy = lambda tree: jax.tree.map(jnp.copy, tree)
-  return Model(apply=state.student_apply, params=copy(state.params["student"]),
-               model_state=copy(state.student_state), taps=tuple(taps), name=name)
+  return state.student(taps=tuple(taps), name=name)
 
 
 def born_again_generations(make_student: Callable[[int], Model], train_fn: TrainFn,

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdjax import _checkpointable
 from kdjax import losses
 from kdjax.models import Model
 from kdjax.objectives import masked_mean
@@ -105,6 +106,14 @@ class MutualState:
                applies=tuple(s.apply for s in students), tx=tx,
                temperature=float(temperature), kd_weight=float(kd_weight), input_key=input_key,
                label_key=label_key)
+
+  def checkpoint_tree(self) -> dict[str, PyTree]:
+    """What a checkpoint of the cohort holds: every trained field."""
+    return _checkpointable.checkpoint_tree(self)
+
+  def from_checkpoint_tree(self, tree: PyTree) -> "MutualState":
+    """This state with the trained fields of ``tree`` (from :meth:`checkpoint_tree`)."""
+    return _checkpointable.from_checkpoint_tree(self, tree)
 
   def student(self, k: int) -> Model:
     """Student ``k`` as a :class:`~kdjax.models.Model` (to evaluate it, or to use as a teacher)."""

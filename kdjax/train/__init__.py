@@ -1,10 +1,16 @@
-"""The training loop as a library: ``train_and_evaluate(config, workdir) -> results``.
+"""The run layer: one training engine, runs declared in the config.
 
-Builds models, data, optimizer and objective from an ``ml_collections`` config, trains the
-teacher, the baseline student and the distilled student, evaluates them, checkpoints with Orbax
-(resuming automatically and exactly) and logs to ``metrics.jsonl``, TensorBoard and a progress
-bar. See ``docs/training.md`` for the config and workdir contracts.
+* :func:`fit` -- one loop for any pure step ``(state, batch) -> (state, metrics)`` with the
+  periodic work as actions (:mod:`kdjax.train.actions`: checkpoint, evaluate, log, NaN guard,
+  preemption, progress).
+* :func:`train_and_evaluate` -- every run ``config.runs`` declares (the standard
+  teacher / student / student_kd pipeline by default; mutual learning, multi-teacher, LwF,
+  born-again chains and LM distillation from the configs in ``configs/``), each on :func:`fit`
+  with Orbax checkpoints, exact resume, ``metrics.jsonl``, TensorBoard and W&B.
+
+See ``docs/training.md`` for the config keys and the workdir contract.
 """
+from kdjax.train import actions
 from kdjax.train.checkpoint import Checkpointer
 from kdjax.train.checkpoint import find_checkpoint
 from kdjax.train.checkpoint import load_model_variables
@@ -19,8 +25,11 @@ from kdjax.train.errors import TrainError
 from kdjax.train.errors import WorkdirError
 from kdjax.train.evaluation import finalize
 from kdjax.train.evaluation import make_reduce_fn
-from kdjax.train.logging import read_metrics
-from kdjax.train.logging import results_table
-from kdjax.train.loop import RUNS
-from kdjax.train.loop import read_results
-from kdjax.train.loop import train_and_evaluate
+from kdjax.train.loop import Loop
+from kdjax.train.loop import fit
+from kdjax.train.pipeline import train_and_evaluate
+from kdjax.train.runs import KINDS as RUN_KINDS
+from kdjax.train.table import results_table
+from kdjax.train.workdir import read_results
+from kdjax.train.writers import make_writer
+from kdjax.train.writers import read_metrics

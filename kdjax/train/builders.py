@@ -11,23 +11,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from kdjax import models
 from kdjax import objectives
-from kdjax import strategies
+from kdjax import strategies  # noqa: F401  (registers the crd, vid and review_kd kinds)
 from kdjax.train import config as config_lib
 from kdjax.train.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# config.objective.<name>.kind -> its constructor (kdjax.strategies registers crd, vid, review_kd).
-TERMS: dict[str, Callable[..., objectives.Term]] = {
-    name: kind.ctor for name, kind in objectives.term_kinds().items()}
 # Keys of a term's config that are not arguments of its constructor.
 TERM_KEYS = ("kind", "weight", "warmup_steps")
-# Constructor arguments the run fills in from the dataset when the config leaves them out.
-DATASET_ARGS = ("num_data",)  # crd: the training split's size (its memory banks' rows)
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -35,17 +31,33 @@ def _suggest(name: str, known: Sequence[str]) -> str:
   return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+  """A ConfigDict (or mapping) as plain dicts, lists as tuples."""
   if hasattr(value, "to_dict"):
     value = value.to_dict()
   if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: plain(v) for k, v in value.items()}
   if isinstance(value, list):
     return tuple(value)
   return value
 
 
 # Models ---------------------------------------------------------------------------------------
+
+
+MODEL_KEYS = {"model": None, "model_kwargs": {}, "num_classes": None, "dtype": "float32"}
+
+
+def model_section(spec: Mapping[str, Any], name: str) -> ml_collections.ConfigDict:
+  """A model section of ``config.models`` (``{model, model_kwargs, num_classes, dtype}``)."""
+  spec = plain(spec)
+  unknown = sorted(set(spec) - set(MODEL_KEYS))
+  if unknown or not spec.get("model"):
+    raise ConfigError(f"config.models.{name} must be a mapping with a 'model' and optionally "
+                      f"{sorted(set(MODEL_KEYS) - {'model'})}; got {spec!r}")
+  if spec.get("dtype", "float32") not in DTYPES:
+    raise ConfigError(f"config.models.{name}.dtype={spec['dtype']!r}; use one of {list(DTYPES)}")
+  return ml_collections.ConfigDict({**MODEL_KEYS, **spec})
 
 
 def check_model_name(name: str, side: str) -> None:
@@ -64,7 +76,7 @@ def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng:
   axis is one logical array); ``None`` for ``jit``.
   """
   check_model_name(model_config.model, side)
-  kwargs = _plain(model_config.model_kwargs) or {}
+  kwargs = plain(model_config.model_kwargs) or {}
   if bn_axis_name is not None:
     kwargs = {**kwargs, "bn_axis_name": bn_axis_name}
   try:
@@ -151,58 +163,62 @@ def make_optimizer(opt: Any, *, total_steps: int,
 # Objectives -----------------------------------------------------------------------------------
 
 
-def _term_parts(name: str, spec: Mapping[str, Any]) -> tuple[Callable, dict[str, Any]]:
+def _term_parts(name: str, spec: Mapping[str, Any]) -> tuple[objectives.TermKind, dict[str, Any]]:
+  """The registered kind of ``config.objective.<name>`` and its constructor arguments, checked."""
+  kinds = objectives.term_kinds()
   kind = spec.get("kind")
-  if kind not in TERMS:
+  if kind not in kinds:
     raise ConfigError(f"config.objective.{name}.kind={kind!r} is not a kdjax objective term"
-                      f"{_suggest(str(kind), tuple(TERMS))}; available: {', '.join(TERMS)}")
-  ctor = TERMS[kind]
+                      f"{_suggest(str(kind), tuple(kinds))}; available: {', '.join(kinds)}")
+  term_kind = kinds[kind]
   kwargs = {k: v for k, v in spec.items() if k not in TERM_KEYS}
-  params = inspect.signature(ctor).parameters
-  accepted = [p for p in params if params[p].kind == inspect.Parameter.KEYWORD_ONLY or
-              params[p].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+  params = inspect.signature(term_kind.ctor).parameters
+  accepted = [p for p in params if params[p].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
   unknown = sorted(set(kwargs) - set(accepted))
   if unknown:
     raise ConfigError(f"config.objective.{name}: term kind {kind!r} takes no argument(s) "
                       f"{unknown}{_suggest(unknown[0], accepted)}; its arguments are {accepted} "
                       f"(plus {list(TERM_KEYS)})")
   missing = sorted(p for p in accepted if params[p].default is inspect.Parameter.empty and
-                   p not in kwargs and p not in DATASET_ARGS)
+                   p not in kwargs and p not in term_kind.dataset_args)
   if missing:
     raise ConfigError(f"config.objective.{name}: term kind {kind!r} needs {missing} (e.g. "
                       f"student='stage2', teacher='stage3' tap paths for feature terms)")
-  return ctor, kwargs
+  return term_kind, kwargs
 
 
-def make_objective(spec: Mapping[str, Any], *, num_train: int | None = None,
+def make_objective(spec: Mapping[str, Any], *, supplied: Mapping[str, Any] | None = None,
                    stages: Sequence[Mapping[str, Any]] = ()) -> objectives.Term:
   """The combined objective of ``config.objective``: ``{name: {kind, weight, warmup_steps, ...}}``.
 
   A term with ``warmup_steps > 0`` has its weight ramped linearly from 0 over that many steps
-  (DKD's warm-up). ``num_train`` (the training split's size) fills in the ``num_data`` of terms
-  that index the dataset (CRD's memory banks) when the config leaves it out.
+  (DKD's warm-up). ``supplied`` holds the values the run supplies for the arguments a kind
+  declares as ``dataset_args`` (``num_data``: the training split's size, for CRD's memory
+  banks; ``num_classes``; ``teacher_model``), used when the config leaves them out. The
+  objective's ``needs`` then say which taps and batch keys it reads.
 
   ``stages`` (``config.stages``) splits training into consecutive stages, each
   ``{"steps": n, "terms": (names...)}``: during a stage only the listed terms count (the others
   have weight 0); a last stage with ``steps`` 0 runs to the end. Empty: one stage, every term.
   """
-  spec = _plain(spec)
+  spec = plain(spec)
+  supplied = dict(supplied or {})
   if not spec:
     raise ConfigError("config.objective needs at least one term, e.g. "
                       "{'ce': {'kind': 'cross_entropy', 'weight': 1.0}}")
   gates = stage_gates(stages, tuple(spec))
   terms = {}
   for name, term_spec in spec.items():
-    ctor, kwargs = _term_parts(name, term_spec)
-    params = inspect.signature(ctor).parameters
-    for arg in DATASET_ARGS:
-      if arg in params and arg not in kwargs:
-        if num_train is None:
+    term_kind, kwargs = _term_parts(name, term_spec)
+    for arg in term_kind.dataset_args:
+      if arg not in kwargs:
+        if supplied.get(arg) is None:
           raise ConfigError(f"config.objective.{name}: term kind {term_spec['kind']!r} needs "
-                            f"{arg} (the training split's size); set it in the term's config")
-        kwargs[arg] = int(num_train)
+                            f"{arg}, which this run cannot supply; set it in the term's config")
+        kwargs[arg] = supplied[arg]
     try:
-      term = ctor(**kwargs)
+      term = term_kind.ctor(**kwargs)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.objective.{name}: {e}") from None
     weight = float(term_spec.get("weight", 1.0))
@@ -224,7 +240,7 @@ def stage_gates(stages: Sequence[Mapping[str, Any]],
   Empty when there are no stages. Raises :class:`ConfigError` for stages that
   :func:`kdjax.train.config.check_stages` rejects (e.g. one naming an unknown term).
   """
-  stages = tuple(_plain(s) for s in stages)
+  stages = tuple(plain(s) for s in stages)
   config_lib.check_stages(stages, names)
   if not stages:
     return {}
@@ -248,31 +264,6 @@ def _gated(schedule: optax.Schedule, bounds: Sequence[int],
   return gated
 
 
-def supervised_objective() -> objectives.Term:
+def supervised_objective(label_key: str = "label") -> objectives.Term:
   """Hard-label cross-entropy: the teacher's and the baseline student's objective."""
-  return objectives.combine({"ce": objectives.cross_entropy()})
-
-
-def objective_taps(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """The feature paths (``student_taps``, ``teacher_taps``) the objective's terms read.
-
-  Terms name them with ``student=`` / ``teacher=`` (a path or a list of paths); relation terms
-  default to ``'pre_logits'``. ``'logits'`` is always available and is not a tap.
-  """
-  spec = _plain(spec)
-  found = {"student": [], "teacher": []}
-  for name, term_spec in spec.items():
-    ctor, kwargs = _term_parts(name, term_spec)
-    params = inspect.signature(ctor).parameters
-    for side in found:
-      if side in kwargs:
-        keys = kwargs[side]
-      elif side in params and params[side].default is not inspect.Parameter.empty:
-        keys = params[side].default
-      else:
-        continue
-      keys = (keys,) if isinstance(keys, str) else tuple(keys or ())
-      for key in keys:
-        if isinstance(key, str) and key != "logits" and key not in found[side]:
-          found[side].append(key)
-  return tuple(found["student"]), tuple(found["teacher"])
+  return objectives.combine({"ce": objectives.cross_entropy(label_key=label_key)})

@@ -2,11 +2,10 @@
 
 A checkpoint of a run is ``<run>/checkpoints/<step>/`` with two items:
 
-- ``state``: what a training step changes -- ``step``, ``params`` (student and objective
-  adapters), ``student_state``, ``objective_state``, ``opt_state``, ``rng`` -- saved with
+- ``state``: the state's own checkpoint tree (``state.checkpoint_tree()``: every trained field
+  of a :class:`kdjax.DistillState` or a strategy's state, never the teacher), saved with
   ``StandardSave`` and restored with ``StandardRestore`` into an abstract target built from a
-  freshly created state (so arrays come back with the target's shardings). The teacher is never
-  part of it.
+  freshly created state (so arrays come back with the target's shardings).
 - ``data``: JSON: the data iterator's position and the run's bookkeeping (elapsed time).
 
 Retention: the ``keep`` latest checkpoints plus the one with the best evaluation accuracy
@@ -20,7 +19,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -28,25 +26,8 @@ from jax.experimental import multihost_utils
 
 from kdjax.train.errors import CheckpointError
 
-STATE_FIELDS = ("step", "params", "student_state", "objective_state", "opt_state", "rng")
 _POLICIES = ocp.checkpoint_managers
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-
-def state_tree(state: Any) -> dict[str, Any]:
-  """The parts of a :class:`kdjax.DistillState` a checkpoint holds (never the teacher)."""
-  tree = {name: getattr(state, name) for name in STATE_FIELDS}
-  if jnp.issubdtype(tree["rng"].dtype, jax.dtypes.prng_key):
-    tree["rng"] = jax.random.key_data(tree["rng"])
-  return tree
-
-
-def merge_state(state: Any, tree: Mapping[str, Any]) -> Any:
-  """``state`` with the checkpointed fields replaced by those of ``tree``."""
-  tree = dict(tree)
-  if jnp.issubdtype(state.rng.dtype, jax.dtypes.prng_key):
-    tree["rng"] = jax.random.wrap_key_data(tree["rng"], impl=jax.random.key_impl(state.rng))
-  return state.replace(**tree)
 
 
 def abstract(tree: Any) -> Any:
@@ -99,12 +80,12 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving ``state`` (a host-global :class:`DistillState`) at ``step``."""
+    """Starts saving ``state`` (host-global; any state with ``checkpoint_tree()``) at ``step``."""
     if step in self.manager.all_steps():
       return
     self.manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state.checkpoint_tree()),
                                 data=ocp.args.JsonSave(dict(data))),
         metrics=None if metrics is None else dict(metrics), force=True)
 
@@ -119,9 +100,9 @@ class Checkpointer:
     """The state at ``step``, restored into the shapes and shardings of ``state``."""
     restored = self.manager.restore(
         step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract(state_tree(state))),
+            state=ocp.args.StandardRestore(abstract(state.checkpoint_tree())),
             data=ocp.args.JsonRestore()))
-    return merge_state(state, restored["state"]), dict(restored["data"] or {})
+    return state.from_checkpoint_tree(restored["state"]), dict(restored["data"] or {})
 
   def restore_latest(self, state: Any) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest readable checkpoint into ``state``'s shapes; ``None`` if there is none.
@@ -204,8 +185,18 @@ def load_model_variables(path: str | os.PathLike, params: Any, model_state: Any,
 
   Only those two entries are read (optimizer state and the rest stay on disk). ``params`` and
   ``model_state`` are the freshly initialised variables of the model the checkpoint should
-  hold; their shapes and dtypes are the target.
+  hold; their shapes and dtypes are the target. A path that is not a kdjax run or checkpoint
+  (a Flax ``.msgpack`` file, an Orbax checkpoint of a plain variables tree written elsewhere)
+  is read by :func:`kdjax.models.load_variables`.
   """
+  p = epath.Path(path)
+  if p.exists() and not ((p / "checkpoints").is_dir() or (p / "state").is_dir() or
+                         (p.is_dir() and _step_dirs(p))):
+    from kdjax import models  # pylint: disable=g-import-not-at-top
+    try:
+      return models.load_variables(os.fspath(path), params=params, model_state=model_state)
+    except ValueError as e:
+      raise CheckpointError(f"{what}: {e}") from None
   step_dir = find_checkpoint(path)
   try:
     saved = ocp.StandardCheckpointHandler().metadata(step_dir / "state").tree

@@ -24,14 +24,15 @@ SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp")
 # Keys whose values are free-form mappings: checked by the component that reads them.
-FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective", "stages")
+FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective", "stages", "runs",
+             "models")
 # Keys that change speed, logging or bookkeeping but not the trajectory of a run, so a workdir
 # may be resumed with different values (e.g. on a different machine). Everything else must match
 # the workdir's config.json.
 RUNTIME_KEYS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
     "parallel", "mesh", "shard_teacher", "shard_student", "data.data_dir",
-    "data.worker_count", "data.eval_batch_size",
+    "data.worker_count", "data.eval_batch_size", "logging", "checks", "checked_steps",
 )
 
 
@@ -82,15 +83,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.shard_student = False  # shard the student's parameters, optimizer and objective state too
   c.compare_baseline = True  # also train the student without distillation ("student" run)
   c.teacher_only = False  # stop after the teacher run (to train a teacher for later runs)
+  # The runs, in order (kdjax.train.runs): dicts {name, kind, ...}; () = the standard pipeline
+  # teacher -> student (with compare_baseline) -> student_kd.
+  c.runs = ()
+  # Model sections beyond teacher/student that runs name: {name: {model, model_kwargs,
+  # num_classes, dtype}} (mutual-learning peers, ensemble teachers, assistants).
+  c.models = ml_collections.ConfigDict()
+  c.checks = True  # run the first checked_steps steps of every run with kdjax.checked
+  c.checked_steps = 10
+  c.logging = ml_collections.ConfigDict({
+      "tensorboard": True,  # event files in WORKDIR/<run>
+      "wandb": "",  # a W&B project name: log there too (offline mode without an API key)
+  })
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"  # digits | synthetic | tfds:<name>[:<config>]
+  c.data.name = "digits"  # digits | synthetic | tfds:<name>[:<config>] | text:stdlib | ...
   c.data.data_dir = ""  # TFDS data directory ("" = the TFDS default)
   c.data.train_split = "train"
   c.data.eval_split = ""  # "" = the dataset's evaluation split (test where there is one)
   c.data.eval_batch_size = 512  # global; must be divisible by the device count
   c.data.worker_count = 0  # grain worker processes (0: load in the main process)
   c.data.standardize = False  # subtract the per-channel mean, divide by the std
+  c.data.sequence_length = 64  # text datasets: tokens per training window
   # Training augmentation, applied once per example (teacher and student see the same view).
   c.data.augment = ml_collections.ConfigDict(
       {"crop_padding": 0, "flip": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
@@ -293,7 +307,7 @@ def _validate(c: Mapping):
   for path in ("batch_size", "total_steps", "accumulation_steps", "log_every",
                "checkpoint_every", "keep_checkpoints", "data.eval_batch_size"):
     _check_positive_int(c, path)
-  for path in ("eval_every", "data.worker_count"):
+  for path in ("eval_every", "data.worker_count", "checked_steps"):
     _check_positive_int(c, path, minimum=0)
   _require(c["batch_size"] % c["accumulation_steps"] == 0,
            f"config.batch_size={c['batch_size']} must be divisible by "

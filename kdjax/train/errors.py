@@ -32,9 +32,13 @@ class NonFiniteLossError(TrainError):
 
 
 class Preempted(TrainError):
-  """SIGTERM (preemption) arrived: a checkpoint was saved; run the same command to resume."""
+  """SIGTERM (preemption) or SIGINT arrived: a checkpoint was saved; rerun to resume.
 
-  def __init__(self, message: str, *, run: str, step: int):
+  ``signum`` is the signal that stopped the run (``signal.SIGTERM`` or ``signal.SIGINT``).
+  """
+
+  def __init__(self, message: str, *, run: str, step: int, signum: int = 15):
     super().__init__(message)
     self.run = run
     self.step = step
+    self.signum = signum

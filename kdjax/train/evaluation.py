@@ -56,7 +56,7 @@ def make_reduce_fn(num_classes: int, *, label_key: str = "label",
 def accumulate(total: dict | None, sums: Mapping[str, Any]) -> dict:
   """Adds one batch's sums (device arrays) to the running totals (numpy, exact)."""
   sums = {k: np.asarray(jax.device_get(v)) for k, v in sums.items()}
-  sums = {k: v.astype(np.float64) if k == "bin_confidence" else v.astype(np.int64)
+  sums = {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v.astype(np.int64)
           for k, v in sums.items()}
   if total is None:
     return sums
@@ -111,11 +111,34 @@ def finalize(total: Mapping[str, Any]) -> dict[str, float]:
   return metrics
 
 
-def evaluate(runner: Any, state: Any, batches: Any, reduce_fn: Callable) -> dict[str, float]:
-  """Runs ``reduce_fn`` over every batch of ``batches`` and returns :func:`finalize`'s metrics."""
+def make_token_reduce_fn() -> Callable[[Mapping, Mapping], dict]:
+  """``reduce_fn`` for token predictions (language models): masked token count, NLL, correct."""
+
+  def reduce_fn(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+    del batch
+    mask = out.get("mask")
+    mask = jnp.ones(out["prediction"].shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
+    return {"count": jnp.sum(mask),
+            "correct": jnp.sum(out["correct"].astype(jnp.int32) * mask),
+            "nll": jnp.sum(out["nll"].astype(jnp.float32) * mask.astype(jnp.float32))}
+
+  return reduce_fn
+
+
+def finalize_tokens(total: Mapping[str, Any]) -> dict[str, float]:
+  """``perplexity`` (exp of the mean token NLL), token ``accuracy``, ``nll`` and ``count``."""
+  n = max(int(total["count"]), 1)
+  nll = float(total["nll"]) / n
+  return {"perplexity": float(np.exp(nll)), "nll": nll, "accuracy": float(total["correct"]) / n,
+          "count": int(total["count"])}
+
+
+def evaluate(runner: Any, state: Any, batches: Any, reduce_fn: Callable,
+             finalize_fn: Callable[[Mapping[str, Any]], dict] = finalize) -> dict[str, float]:
+  """Runs ``reduce_fn`` over every batch of ``batches`` and returns ``finalize_fn``'s metrics."""
   total = None
   for batch in batches:
     total = accumulate(total, runner.eval(state, batch, reduce_fn))
   if total is None:
     raise ValueError("the evaluation split produced no batches")
-  return finalize(total)
+  return finalize_fn(total)

@@ -17,6 +17,7 @@ from kdjax.train.checkpoint import load_model_variables
 from kdjax.train.config import RUNTIME_KEYS
 from kdjax.train.config import base_config
 from kdjax.train.config import resolve
+from kdjax.train.errors import CheckFailed
 from kdjax.train.errors import CheckpointError
 from kdjax.train.errors import ConfigError
 from kdjax.train.errors import NonFiniteLossError

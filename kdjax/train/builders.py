@@ -17,6 +17,7 @@ import optax
 from kdjax import models
 from kdjax import objectives
 from kdjax import strategies  # noqa: F401  (registers the crd, vid and review_kd kinds)
+from kdjax.train import checks as config_checks
 from kdjax.train import config as config_lib
 from kdjax.train.errors import ConfigError
 

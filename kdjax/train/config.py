@@ -1,28 +1,27 @@
-"""Run configuration: the defaults every config starts from, and the checks it must pass.
+"""Run configuration: the defaults every config starts from, and how a config is resolved.
 
 A config is an ``ml_collections.ConfigDict``. :func:`base_config` holds every key with its
-default; config files (``configs/*.py``) start from it and override a few fields. :func:`resolve`
-merges a config onto the defaults, rejects unknown keys and impossible values with a
-:class:`ConfigError` that names the fix, and fills in the values that depend on the dataset
-(class counts, evaluation split) or on other keys (the teacher's steps and optimizer).
+default, locked (so a misspelt key is an error with a suggestion) and with ``FieldReference``s
+for dependent values (the teacher's steps and optimizer follow the student's until set). Config
+files (``configs/*.py``) start from it and override a few fields. :func:`resolve` sets a config
+(or a partial dict) onto the defaults with ml_collections' own type and key checks, checks every
+value (:mod:`kdjax.train.checks`) and fills in what the dataset decides (class counts, the
+evaluation split).
 """
 from __future__ import annotations
 
-import difflib
 import json
-import math
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
+from kdjax.train import checks
+from kdjax.train.checks import check_stages  # noqa: F401  (part of this module's API)
 from kdjax.train.errors import ConfigError
 
-PARALLEL_MODES = ("jit", "pmap")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
-DTYPES = ("float32", "bfloat16", "float16")
-MESH_AXES = ("data", "fsdp")
+DTYPES = checks.DTYPES
 # Keys whose values are free-form mappings: checked by the component that reads them.
 FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective", "stages", "runs",
              "models")
@@ -36,8 +35,8 @@ RUNTIME_KEYS = (
 )
 
 
-def _optimizer(inherit: bool = False) -> ml_collections.ConfigDict:
-  """Optimizer fields; with ``inherit`` every field is ``None`` (= take ``config.optimizer``'s)."""
+def _optimizer() -> ml_collections.ConfigDict:
+  """The optimizer fields with their defaults."""
   defaults = dict(
       name="momentum",  # sgd | momentum | nesterov | adamw
       learning_rate=0.1,  # peak learning rate, reached after warmup_steps
@@ -55,10 +54,7 @@ def _optimizer(inherit: bool = False) -> ml_collections.ConfigDict:
       decay_epochs=(),  # ... or in epochs of the training split (converted with batch_size)
       grad_clip_norm=0.0,  # clip the global gradient norm to this (0: no clipping)
   )
-  if not inherit:
-    return ml_collections.ConfigDict(defaults)
-  types = {k: (tuple if isinstance(v, tuple) else type(v)) for k, v in defaults.items()}
-  return ml_collections.ConfigDict({k: config_dict.placeholder(t) for k, t in types.items()})
+  return ml_collections.ConfigDict(defaults)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -109,14 +105,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment = ml_collections.ConfigDict(
       {"crop_padding": 0, "flip": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})
 
+  c.optimizer = _optimizer()  # the students' optimizer (and the teacher's defaults)
+
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = "cnn_small"  # a kdjax.models zoo name
   c.teacher.model_kwargs = ml_collections.ConfigDict()  # extra arguments of models.create
   c.teacher.num_classes = config_dict.placeholder(int)  # None: the dataset's class count
   c.teacher.dtype = "float32"  # computation dtype: float32 | bfloat16 | float16
-  c.teacher.total_steps = config_dict.placeholder(int)  # None: total_steps
+  c.teacher.total_steps = c.get_ref("total_steps").identity()  # follows total_steps until set
   c.teacher.checkpoint = ""  # a trained teacher to load; "" trains it in WORKDIR/teacher
-  c.teacher.optimizer = _optimizer(inherit=True)  # None fields: config.optimizer's value
+  # Every field follows config.optimizer's until the config sets it (FieldReference).
+  c.teacher.optimizer = ml_collections.ConfigDict(
+      {k: c.optimizer.get_ref(k).identity() for k in c.optimizer.keys()})
 
   c.student = ml_collections.ConfigDict()
   c.student.model = "mlp"
@@ -124,7 +124,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.num_classes = config_dict.placeholder(int)
   c.student.dtype = "float32"
 
-  c.optimizer = _optimizer()  # the students' optimizer (and the teacher's defaults)
 
   # Distillation objective of the "student_kd" run: term name -> {kind, weight, warmup_steps,
   # **arguments of kdjax.objectives.<kind>}. warmup_steps > 0 ramps the weight linearly from 0.
@@ -138,47 +137,21 @@ def base_config() -> ml_collections.ConfigDict:
   # stage with every term. E.g. a FitNets hint stage, then KD:
   #   ({"steps": 2000, "terms": ("hint",)}, {"steps": 0, "terms": ("ce", "kd")})
   c.stages = ()
+  c.lock()  # Unknown keys are errors, with ml_collections' "did you mean" suggestion.
   return c
 
 
-# Merging and unknown keys ---------------------------------------------------------------------
+# Setting a config onto the defaults ----------------------------------------------------------
 
 
-def _to_plain(value: Any) -> Any:
+def _tuples(value: Any) -> Any:
   if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
-    return {k: _to_plain(v) for k, v in value.items()}
+    value = value.to_dict()
   if isinstance(value, Mapping):
-    return {k: _to_plain(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_to_plain(v) for v in value)
-  if isinstance(value, tuple):
-    return tuple(_to_plain(v) for v in value)
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
   return value
-
-
-def _suggest(key: str, known: Iterable[str]) -> str:
-  close = difflib.get_close_matches(key, list(known), n=1)
-  return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _merge(base: dict, user: Mapping, prefix: str = "") -> dict:
-  out = dict(base)
-  for key, value in user.items():
-    path = f"{prefix}{key}"
-    if key not in base:
-      raise ConfigError(
-          f"unknown config key '{path}'{_suggest(key, base)}; the known keys here are "
-          f"{sorted(base)} (see kdjax.train.config.base_config for every key)")
-    if path in FREE_FORM:
-      out[key] = value if value is not None else {}
-    elif isinstance(base[key], dict):
-      if not isinstance(value, Mapping):
-        raise ConfigError(f"config key '{path}' must be a mapping of {sorted(base[key])}, got "
-                          f"{value!r}")
-      out[key] = _merge(base[key], value, f"{path}.")
-    else:
-      out[key] = value
-  return out
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -192,167 +165,42 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-# Value checks ---------------------------------------------------------------------------------
-
-
-def _require(ok: bool, message: str):
-  if not ok:
-    raise ConfigError(message)
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_positive_int(c: Mapping, path: str, minimum: int = 1):
-  value = _get(c, path)
-  _require(_is_int(value) and value >= minimum,
-           f"config.{path} must be an integer >= {minimum}, got {value!r}")
-
-
-def _get(c: Mapping, path: str) -> Any:
-  for part in path.split("."):
-    c = c[part]
-  return c
-
-
-def _check_optimizer(o: Mapping, path: str, total_steps: int):
-  _require(o["name"] in OPTIMIZERS,
-           f"config.{path}.name={o['name']!r} is not an optimizer; use one of {OPTIMIZERS}")
-  _require(o["schedule"] in SCHEDULES,
-           f"config.{path}.schedule={o['schedule']!r} is not a schedule; use one of {SCHEDULES}")
-  _require(_is_number(o["learning_rate"]) and o["learning_rate"] > 0,
-           f"config.{path}.learning_rate must be a positive number, got {o['learning_rate']!r}")
-  for key in ("momentum", "b1", "b2"):
-    _require(_is_number(o[key]) and 0 <= o[key] < 1,
-             f"config.{path}.{key} must be in [0, 1), got {o[key]!r}")
-  for key in ("eps", "weight_decay", "min_learning_rate", "grad_clip_norm"):
-    _require(_is_number(o[key]) and o[key] >= 0,
-             f"config.{path}.{key} must be a number >= 0, got {o[key]!r}")
-  _require(_is_int(o["warmup_steps"]) and 0 <= o["warmup_steps"] < total_steps,
-           f"config.{path}.warmup_steps must be an integer in [0, {total_steps}) (the run's "
-           f"steps), got {o['warmup_steps']!r}")
-  _require(_is_number(o["decay_factor"]) and 0 < o["decay_factor"] <= 1,
-           f"config.{path}.decay_factor must be in (0, 1], got {o['decay_factor']!r}")
-  for key in ("decay_steps", "decay_epochs"):
-    bounds = o[key]
-    _require(isinstance(bounds, tuple) and all(_is_number(b) and b > 0 for b in bounds)
-             and list(bounds) == sorted(bounds),
-             f"config.{path}.{key} must be an increasing tuple of positive numbers, got "
-             f"{bounds!r}")
-  if o["schedule"] == "step":
-    _require(bool(o["decay_steps"]) != bool(o["decay_epochs"]),
-             f"config.{path}.schedule='step' needs its boundaries in exactly one of "
-             f"config.{path}.decay_steps (steps) or config.{path}.decay_epochs (epochs)")
-
-
-def _check_objective(objective: Mapping):
-  _require(isinstance(objective, Mapping) and len(objective) > 0,
-           "config.objective needs at least one term, e.g. {'ce': {'kind': 'cross_entropy', "
-           "'weight': 0.1}, 'kd': {'kind': 'kd', 'weight': 0.9, 'temperature': 4.0}}")
-  for name, term in objective.items():
-    path = f"config.objective.{name}"
-    _require(isinstance(term, Mapping) and "kind" in term,
-             f"{path} must be a mapping with a 'kind' (e.g. {{'kind': 'kd', 'weight': 0.9, "
-             f"'temperature': 4.0}}), got {term!r}")
-    weight = term.get("weight", 1.0)
-    _require(_is_number(weight) and weight >= 0,
-             f"{path}.weight must be a number >= 0 (a loss weight), got {weight!r}")
-    warmup = term.get("warmup_steps", 0)
-    _require(_is_int(warmup) and warmup >= 0,
-             f"{path}.warmup_steps must be an integer >= 0, got {warmup!r}")
-    if "temperature" in term:
-      t = term["temperature"]
-      _require(_is_number(t) and t > 0,
-               f"{path}.temperature must be > 0, got {t!r}; typical values are 1-8 (e.g. 4.0)")
-
-
-def check_stages(stages: Any, term_names: Iterable[str], total_steps: int | None = None):
-  """Raises :class:`ConfigError` naming the fix unless ``stages`` fits ``config.stages``.
-
-  Each stage names terms of ``term_names``; with ``total_steps``, the stages must fit in it.
-  """
-  term_names = sorted(term_names)
-  example = ("e.g. ({'steps': 2000, 'terms': ('hint',)}, {'steps': 0, 'terms': ('ce', 'kd')})")
-  _require(isinstance(stages, tuple), f"config.stages must be a tuple of stages, {example}; "
-           f"got {stages!r}")
-  total = 0
-  for i, stage in enumerate(stages):
-    path = f"config.stages[{i}]"
-    _require(isinstance(stage, Mapping) and set(stage) == {"steps", "terms"},
-             f"{path} must be a mapping with exactly the keys 'steps' and 'terms', {example}; "
-             f"got {stage!r}")
-    last = i == len(stages) - 1
-    steps, terms = stage["steps"], stage["terms"]
-    _require(_is_int(steps) and (steps >= 1 or (last and steps == 0)),
-             f"{path}.steps must be an integer >= 1 (0 is allowed on the last stage: until "
-             f"config.total_steps), got {steps!r}")
-    _require(isinstance(terms, tuple) and terms and all(isinstance(t, str) for t in terms),
-             f"{path}.terms must be a non-empty tuple of term names, got {terms!r}")
-    unknown = sorted(set(terms) - set(term_names))
-    _require(not unknown, f"{path}.terms names {unknown}, which config.objective does not "
-             f"define; its terms are {term_names}")
-    total += steps
-  _require(total_steps is None or total <= total_steps, f"config.stages add up to {total} steps but config.total_steps "
-           f"is {total_steps}; shorten the stages or raise config.total_steps")
-
-
-def _validate(c: Mapping):
-  for path in ("seed",):
-    _require(_is_int(c[path]), f"config.{path} must be an integer, got {c[path]!r}")
-  for path in ("batch_size", "total_steps", "accumulation_steps", "log_every",
-               "checkpoint_every", "keep_checkpoints", "data.eval_batch_size"):
-    _check_positive_int(c, path)
-  for path in ("eval_every", "data.worker_count", "checked_steps"):
-    _check_positive_int(c, path, minimum=0)
-  _require(c["batch_size"] % c["accumulation_steps"] == 0,
-           f"config.batch_size={c['batch_size']} must be divisible by "
-           f"config.accumulation_steps={c['accumulation_steps']}")
-  _require(c["parallel"] in PARALLEL_MODES,
-           f"config.parallel={c['parallel']!r} is not a parallel mode; use one of "
-           f"{PARALLEL_MODES}")
-  mesh = c["mesh"]
-  _require(isinstance(mesh, Mapping) and set(mesh) <= set(MESH_AXES) and
-           all(_is_int(v) and (v == -1 or v >= 1) for v in mesh.values()),
-           f"config.mesh must map {MESH_AXES} to sizes >= 1 or -1 (the remaining devices), "
-           f"got {mesh!r}")
-  for side in ("teacher", "student"):
-    m = c[side]
-    _require(isinstance(m["model"], str) and m["model"],
-             f"config.{side}.model must name a model of kdjax.models, got {m['model']!r}")
-    _require(m["dtype"] in DTYPES,
-             f"config.{side}.dtype={m['dtype']!r} is not supported; use one of {DTYPES}")
-    _require(m["num_classes"] is None or (_is_int(m["num_classes"]) and m["num_classes"] > 0),
-             f"config.{side}.num_classes must be a positive integer or None (the dataset's), "
-             f"got {m['num_classes']!r}")
-  augment = c["data"]["augment"]
-  _require(_is_int(augment["crop_padding"]) and augment["crop_padding"] >= 0,
-           f"config.data.augment.crop_padding must be an integer >= 0, got "
-           f"{augment['crop_padding']!r}")
-  for key in ("mixup_alpha", "cutmix_alpha"):
-    _require(_is_number(augment[key]) and augment[key] >= 0,
-             f"config.data.augment.{key} must be >= 0 (0: off), got {augment[key]!r}")
-  _require(not (augment["mixup_alpha"] > 0 and augment["cutmix_alpha"] > 0),
-           "config.data.augment: mixup_alpha and cutmix_alpha are both set; set one to 0")
-  _check_optimizer(c["optimizer"], "optimizer", c["total_steps"])
-  _check_optimizer(c["teacher"]["optimizer"], "teacher.optimizer", c["teacher"]["total_steps"])
-  _check_objective(c["objective"])
-  check_stages(c["stages"], c["objective"], c["total_steps"])
-
-
-# Public API -----------------------------------------------------------------------------------
+def _set(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  """``config.<path> = value`` through ml_collections, its errors turned into one line."""
+  parts = path.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    where = ".".join(parts[:i + 1])
+    try:
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise AttributeError(f"{'.'.join(parts[:i])} is not a mapping")
+      if i < len(parts) - 1:
+        node = getattr(node, part)
+      else:
+        setattr(node, part, value)
+    except AttributeError as e:
+      hint = re.search(r'Did you mean "([^"]+)"', str(e))
+      close = f" (did you mean '{'.'.join(parts[:i] + [hint.group(1)])}'?)" if hint else ""
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ConfigError(f"unknown config key '{where}'{close}; the known keys here are {known} "
+                        "(see kdjax.train.config.base_config for every key)") from None
+    except TypeError:
+      current = getattr(node, part)
+      if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config key '{path}' must be a mapping of {sorted(current.keys())}, "
+                          f"got {value!r}") from None
+      raise ConfigError(f"config.{path}={value!r} is a {type(value).__name__}, but config.{path} "
+                        f"takes a {type(current).__name__} (e.g. {current!r}); fix its type in "
+                        "the config file or the --config override") from None
 
 
 def resolve(config: Any, *, num_classes: int | None = None,
             eval_split: str | None = None) -> ml_collections.ConfigDict:
-  """The complete, checked config: ``config`` merged onto :func:`base_config`.
+  """The complete, checked config: ``config`` set onto :func:`base_config`.
 
   Args:
-    config: a ``ConfigDict`` or mapping; keys it leaves out take their defaults.
+    config: a ``ConfigDict`` or mapping; keys it leaves out take their defaults (and the
+      teacher's steps and optimizer fields follow the student's unless it sets them).
     num_classes: the dataset's class count; fills ``teacher/student.num_classes`` and is checked
       against values given explicitly.
     eval_split: the dataset's default evaluation split; fills ``data.eval_split`` when empty.
@@ -364,15 +212,23 @@ def resolve(config: Any, *, num_classes: int | None = None,
   if not isinstance(config, (Mapping, ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
     raise ConfigError(f"a config is an ml_collections.ConfigDict (or a dict), got "
                       f"{type(config).__name__}; return one from get_config()")
-  c = _merge(_to_plain(base_config()), _to_plain(config))
-  if c["teacher"]["total_steps"] is None:
-    c["teacher"]["total_steps"] = c["total_steps"]
-  _check_positive_int(c, "teacher.total_steps")
-  c["teacher"]["optimizer"] = {k: (c["optimizer"][k] if v is None else v)
-                               for k, v in c["teacher"]["optimizer"].items()}
+  c = base_config()
+  for path, value in flatten(_tuples(config)).items():
+    _set(c, path, value)
+  c = _tuples(c)  # References resolved: the config is plain values from here on.
+  checks.validate(c)
+  c = ml_collections.ConfigDict(c)
+  if num_classes is not None or eval_split:
+    c = with_dataset(c, num_classes=num_classes, eval_split=eval_split)
+  return c
+
+
+def with_dataset(config: ml_collections.ConfigDict, *, num_classes: int | None,
+                 eval_split: str | None) -> ml_collections.ConfigDict:
+  """A resolved config with the values the dataset decides filled in (and checked)."""
+  c = _tuples(config)
   if eval_split and not c["data"]["eval_split"]:
     c["data"]["eval_split"] = eval_split
-  _validate(c)
   if num_classes is not None:
     for side in ("teacher", "student"):
       given = c[side]["num_classes"]
@@ -387,7 +243,7 @@ def resolve(config: Any, *, num_classes: int | None = None,
 
 def to_json(config: Any) -> str:
   """The config as JSON (tuples become lists), as written to ``WORKDIR/config.json``."""
-  return json.dumps(_to_plain(config), indent=2, sort_keys=True, default=list)
+  return json.dumps(_tuples(config), indent=2, sort_keys=True, default=list)
 
 
 def differing_keys(saved: Mapping, current: Any) -> list[str]:
@@ -395,7 +251,7 @@ def differing_keys(saved: Mapping, current: Any) -> list[str]:
 
   Runtime keys (:data:`RUNTIME_KEYS`) are ignored: they do not change a run's trajectory.
   """
-  a = flatten(json.loads(json.dumps(_to_plain(saved), default=list)))
+  a = flatten(json.loads(json.dumps(_tuples(saved), default=list)))
   b = flatten(json.loads(to_json(current)))
 
   def runtime(key):

@@ -42,3 +42,13 @@ class Preempted(TrainError):
     self.run = run
     self.step = step
     self.signum = signum
+
+
+class CheckFailed(TrainError, ValueError):
+  """A checked step (``kdjax.checked``) found a value it cannot train on: labels out of range,
+  non-finite inputs; the message names the run, the step and the fix."""
+
+  def __init__(self, message: str, *, run: str, step: int):
+    super().__init__(message)
+    self.run = run
+    self.step = step

@@ -18,7 +18,8 @@ from kdjax.train import actions as actions_lib
 from kdjax.train import checkpoint as ckpt_lib
 from kdjax.train import loop as loop_lib
 from kdjax.train import writers
-from kdjax.train.errors import CheckpointError, NonFiniteLossError, WorkdirError
+from kdjax.train.errors import (CheckFailed, CheckpointError, NonFiniteLossError,
+                                WorkdirError)
 from kdjax.train.workdir import Workdir, is_main
 
 
@@ -86,6 +87,28 @@ def _nonfinite(plan: RunPlan, workdir: Workdir, checkpointer) -> Callable[[int, 
   return make
 
 
+def _translated(step_fn: Callable, run: str, start: int,
+                make_error: Callable[[int, str], Exception]) -> Callable:
+  """``step_fn`` whose checked-step failures become run-level errors naming the step."""
+  position = {"step": start}
+
+  def step(state, batch):
+    position["step"] += 1
+    try:
+      return step_fn(state, batch)
+    except ValueError as e:
+      text = str(e)
+      if not text.startswith("checked step"):
+        raise
+      text = text.split(":", 1)[1].strip()
+      if "finite" in text:
+        raise make_error(position["step"], text) from None
+      raise CheckFailed(f"run '{run}', step {position['step']}: {text}", run=run,
+                        step=position["step"]) from None
+
+  return step
+
+
 def execute(plan: RunPlan, workdir: Workdir, settings: Settings,
             watch: actions_lib.PreemptionWatch) -> tuple[dict[str, Any], Any]:
   """Trains (or resumes) ``plan`` to its last step; returns its results entry and host state."""
@@ -146,7 +169,8 @@ def execute(plan: RunPlan, workdir: Workdir, settings: Settings,
                              host_state=runner.host_state, bookkeeping=bookkeeping, guard=guard,
                              make_error=make_error, log=log),
   ]
-  step_fn = runner.step if plan.step_fn is None else plan.step_fn(runner)
+  step_fn = _translated(runner.step if plan.step_fn is None else plan.step_fn(runner),
+                       plan.name, start, make_error)
   final_eval: dict[str, Any] = {}
 
   class _KeepFinal:

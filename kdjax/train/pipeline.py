@@ -26,7 +26,7 @@ from kdjax.train import rundata
 from kdjax.train import runs as runs_lib
 from kdjax.train import strategy_runs  # noqa: F401  (registers the mutual and lwf kinds)
 from kdjax.train.actions import PreemptionWatch
-from kdjax.train.errors import ConfigError, WorkdirError
+from kdjax.train.errors import ConfigError, TrainError, WorkdirError
 from kdjax.train.workdir import Workdir, is_main, sync
 
 
@@ -65,7 +65,7 @@ def _check_space(workdir: str, nbytes: int) -> None:
 
 
 def resolve(config: Any) -> tuple[Any, Any]:
-  """The resolved config and its run data (dataset read, class counts filled in)."""
+  """The resolved config and its run data (dataset read once, class counts filled in)."""
   config = config_lib.resolve(config)
   run_data = rundata.make(config)
   info = getattr(run_data, "info", None)
@@ -75,26 +75,32 @@ def resolve(config: Any) -> tuple[Any, Any]:
       if split not in info.splits:
         raise ConfigError(f"config.data.{key}={split!r} is not a split of dataset "
                           f"'{info.name}'; its splits are {list(info.splits)}")
-  eval_split = info.eval_split if info is not None else "valid"
-  config = config_lib.resolve(config, num_classes=run_data.shapes.num_classes,
-                              eval_split=eval_split)
-  return config, rundata.make(config)
+  config = config_lib.with_dataset(config, num_classes=run_data.shapes.num_classes,
+                                   eval_split=info.eval_split if info is not None else "valid")
+  run_data.config = config  # Reads its split names and batch sizes from the resolved config.
+  return config, run_data
 
 
 def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[runs_lib.Context, list]:
-  """Every run's plan, each initial state traced shape-only: errors before any work."""
+  """Every run's plan (built once), each initial state traced shape-only: errors before any
+  work. Returns the context (switched to real models) and ``[(declaration, plan)]``."""
   decls = runs_lib.declarations(config)
   ctx = runs_lib.Context(config=config, data=run_data, checkpoint_dir=workdir.checkpoint_dir,
                          decls={d["name"]: d for d in decls}, abstract=True)
   _check_devices(config, ctx.runner().num_devices)
-  largest = 0
+  largest, plans = 0, []
   for decl in decls:
     plan = runs_lib.KINDS[decl["kind"]][0](ctx, decl)
-    tree = jax.eval_shape(lambda plan=plan: plan.init_state().checkpoint_tree())
+    try:
+      tree = jax.eval_shape(lambda plan=plan: plan.init_state().checkpoint_tree())
+    except (TrainError, data_lib.DataError) as e:
+      # Raised inside the trace: JAX appends a note on its filtered frames; keep one line.
+      raise type(e)(str(e).split("\n--------------------\n")[0]) from None
     largest = max(largest, _nbytes(tree))
+    plans.append((decl, plan))
   _check_space(workdir.path, largest)
   ctx.abstract = False
-  return ctx, list(decls)
+  return ctx, plans
 
 
 def _lock(workdir: Workdir):
@@ -128,7 +134,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
   """
   work = Workdir(workdir)
   config, run_data = resolve(config)
-  ctx, decls = plan_all(config, run_data, work)
+  ctx, plans = plan_all(config, run_data, work)
   work.check_writable()
   with _lock(work):
     reusable = {"teacher": "teacher.checkpoint"} if "teacher" in ctx.decls else {}
@@ -142,9 +148,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         progress_bar=config.progress_bar, tensorboard=config.logging.tensorboard,
         wandb_project=config.logging.wandb, config=config_lib.flatten(config.to_dict()))
     with PreemptionWatch() as watch:
-      for decl in decls:
+      for decl, plan in plans:
         name = decl["name"]
-        plan = runs_lib.KINDS[decl["kind"]][0](ctx, decl)
         if plan.total_steps == 0:  # Loaded, not trained: evaluate it once.
           if name not in work.results:
             runner = plan.make_runner()

@@ -205,24 +205,30 @@ def optimizer_of(ctx: Context, decl: Mapping[str, Any], data: Any):
   return tx, schedule, hint
 
 
-def student_plan(ctx: Context, decl: Mapping[str, Any], *, objective, teacher=None,
-                 student_taps=(), eval_teacher=None, make_student=None,
-                 evaluate=None) -> RunPlan:
-  """The plan of a run that trains one model with a ``DistillState`` (most kinds)."""
+def student_plan(ctx: Context, decl: Mapping[str, Any], *, make_objective, teacher=None,
+                 eval_teacher=None, make_student=None, evaluate=None) -> RunPlan:
+  """The plan of a run that trains one model with a ``DistillState`` (most kinds).
+
+  ``make_objective()`` builds the objective when the state is built (once per run; traced
+  shape-only by the pipeline's checks), and its ``needs`` choose the student's taps;
+  ``teacher(objective)`` gives the teacher tapping what the objective reads.
+  """
   c, data = ctx.config, ctx.data_for(decl)
   section, seed = decl.get("model", "student"), decl.get("seed", 0)
   tx, schedule, hint = optimizer_of(ctx, decl, data)
 
   def init_state():
+    objective = make_objective()
     student = (make_student() if make_student else
-               ctx.model(section, seed=seed, taps=student_taps,
+               ctx.model(section, seed=seed, taps=objective.needs.student,
                          num_classes=model_classes(ctx, decl), data=data))
     if decl.get("init_from"):
       start = ctx.trained(decl["init_from"])
       student = dataclasses.replace(student, params=start.params, model_state=start.model_state)
     try:
       return step_lib.DistillState.create(
-          student=student, teacher=teacher() if teacher else None, objective=objective, tx=tx,
+          student=student, teacher=teacher(objective) if teacher else None, objective=objective,
+          tx=tx,
           rng=ctx.key(section, 1, seed), example_batch=data.example_batch(c.batch_size),
           input_key=data.shapes.input_key, label_key=data.shapes.label_key,
           accumulation_steps=c.accumulation_steps)
@@ -250,7 +256,7 @@ def student_plan(ctx: Context, decl: Mapping[str, Any], *, objective, teacher=No
 def supervised(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
   label_key = ctx.data_for(decl).shapes.label_key
   compare = decl.get("compare")
-  return student_plan(ctx, decl, objective=builders.supervised_objective(label_key),
+  return student_plan(ctx, decl, make_objective=lambda: builders.supervised_objective(label_key),
                       eval_teacher=(lambda: ctx.trained(compare)) if compare else None)
 
 
@@ -260,32 +266,33 @@ def distill(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
   if not names:
     raise ConfigError(f"run '{decl['name']}' (kind 'distill') needs teachers=(run names, ...)")
   data = ctx.data_for(decl)
-  untapped = ctx.trained(names[0]) if len(names) == 1 else None
   spec = decl.get("objective") or ctx.config.objective
-  objective = builders.make_objective(
-      spec, stages=() if decl.get("objective") else ctx.config.stages,
-      supplied={"num_data": data.shapes.num_train, "num_classes": data.shapes.num_classes,
-                "teacher_model": untapped})
+  stages = () if decl.get("objective") else ctx.config.stages
 
-  def teacher():
+  def make_objective():
+    untapped = ctx.trained(names[0]) if len(names) == 1 else None
+    return builders.make_objective(
+        spec, stages=stages,
+        supplied={"num_data": data.shapes.num_train, "num_classes": data.shapes.num_classes,
+                  "teacher_model": untapped})
+
+  def teacher(objective):
     found = [ctx.trained(n, taps=objective.needs.teacher) for n in names]
     if len(found) == 1:
       return found[0]
     return strategies.ensemble_teacher(found, combine=decl.get("combine", "mean_logits"))
 
-  return student_plan(ctx, decl, objective=objective, teacher=teacher,
-                      student_taps=objective.needs.student)
+  return student_plan(ctx, decl, make_objective=make_objective, teacher=teacher)
 
 
 @kind("load")
 def load(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
-  teacher = ctx.trained(decl["name"])
   data = ctx.data
   plan = student_plan(ctx, {**decl, "model": "teacher"},
-                      objective=builders.supervised_objective(data.shapes.label_key),
-                      make_student=lambda: teacher)
+                      make_objective=lambda: builders.supervised_objective(data.shapes.label_key),
+                      make_student=lambda: ctx.trained(decl["name"]))
   plan.total_steps = 0
-  plan.summary = lambda host: {"params": models.param_count(teacher.params),
+  plan.summary = lambda host: {"params": models.param_count(host.params["student"]),
                                "model": ctx.config.teacher.model,
                                "checkpoint": str(ctx.config.teacher.checkpoint)}
   return plan

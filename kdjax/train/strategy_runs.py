@@ -133,9 +133,11 @@ def lwf(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
       raise ConfigError(f"run '{decl['name']}': {e}; set head= to the classifier's path") from None
     return dataclasses.replace(widened, params=params, model_state=old.model_state)
 
-  objective = strategies.lwf_objective(num_old, temperature=float(decl.get("temperature", 2.0)),
-                                       lwf_weight=float(decl.get("kd_weight", 1.0)),
-                                       label_key=ctx.data.shapes.label_key)
+  def make_objective():
+    return strategies.lwf_objective(num_old, temperature=float(decl.get("temperature", 2.0)),
+                                    lwf_weight=float(decl.get("kd_weight", 1.0)),
+                                    label_key=ctx.data.shapes.label_key)
+
   views = {"old_accuracy": old_classes, "new_accuracy": new_classes}
 
   def evaluate(runner, state):
@@ -149,8 +151,7 @@ def lwf(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
                                     num_classes=num_all)["accuracy"]
     return out
 
-  plan = student_plan(ctx, decl, objective=objective,
-                      teacher=lambda: strategies.lwf_teacher(ctx.trained(decl["old"]),
-                                                             num_new=num_all - num_old),
+  return student_plan(ctx, decl, make_objective=make_objective,
+                      teacher=lambda _: strategies.lwf_teacher(ctx.trained(decl["old"]),
+                                                               num_new=num_all - num_old),
                       make_student=make_student, evaluate=evaluate)
-  return plan

@@ -121,10 +121,12 @@ def test_taps_come_from_the_objective():
           "fit": {"kind": "fitnets", "student": "stage1", "teacher": ["stage2"]},
           "at": {"kind": "attention_transfer", "student": ["stage1", "stage2"],
                  "teacher": ["stage2", "stage3"]}}
-  student, teacher = builders.objective_taps(spec)
-  assert student == ("pre_logits", "stage1", "stage2")
-  assert teacher == ("pre_logits", "stage2", "stage3")
-  assert builders.objective_taps({"kd": {"kind": "kd"}}) == ((), ())
+  needs = builders.make_objective(spec).needs
+  assert needs.student == ("pre_logits", "stage1", "stage2")
+  assert needs.teacher == ("pre_logits", "stage2", "stage3")
+  assert needs.batch == ("label",)
+  kd = builders.make_objective({"kd": {"kind": "kd"}}).needs
+  assert (kd.student, kd.teacher, kd.batch) == ((), (), ())
 
 
 def test_model_errors_name_the_key():
@@ -193,13 +195,13 @@ def test_make_objective_checks_stages_like_the_config():
 
 def test_crd_takes_the_dataset_size_from_the_run():
   spec = {"crd": {"kind": "crd", "feat_dim": 4, "num_negatives": 3}}
-  with pytest.raises(ConfigError, match="needs num_data"):
+  with pytest.raises(ConfigError, match="needs num_data, which this run cannot supply"):
     builders.make_objective(spec)
   from kdjax.models import Outputs
   student = Outputs(logits=jnp.zeros((2, 3)), features={"pre_logits": jnp.zeros((2, 5))})
   teacher = Outputs(logits=jnp.zeros((2, 3)), features={"pre_logits": jnp.zeros((2, 6))})
   batch = {"index": jnp.zeros((2,), jnp.int32), "mask": jnp.ones((2,), bool)}
-  _, state = builders.make_objective(spec, num_train=37).init(
+  _, state = builders.make_objective(spec, supplied={"num_data": 37}).init(
       jax.random.key(0), student, teacher, batch)
   # One memory row per training example, in each of the two banks.
   assert {leaf.shape for leaf in jax.tree.leaves(state) if leaf.ndim == 2} == {(37, 4)}

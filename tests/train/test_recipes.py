@@ -111,20 +111,19 @@ def test_teacher_recipe_trains_only_the_teacher(tmp_path, mock_cifar100):
 def _traced_step(config, info):
   """``distill_step`` of the recipe, traced abstractly (no compilation, no parameters)."""
   config = config_lib.resolve(config, num_classes=info.num_classes, eval_split=info.eval_split)
-  student_taps, teacher_taps = builders.objective_taps(config.objective)
+  objective = builders.make_objective(config.objective, supplied={"num_data": info.num_train},
+                                      stages=config.stages)
   batch = {"image": jnp.zeros((8, *info.input_shape), jnp.float32),
            "label": jnp.zeros((8,), jnp.int32), "index": jnp.arange(8, dtype=jnp.int32),
            "mask": jnp.ones((8,), bool)}
 
   def run(batch):
     student = builders.make_model(config.student, side="student", input_shape=info.input_shape,
-                                  rng=jax.random.key(0), taps=student_taps)
+                                  rng=jax.random.key(0), taps=objective.needs.student)
     teacher = builders.make_model(config.teacher, side="teacher", input_shape=info.input_shape,
-                                  rng=jax.random.key(1), taps=teacher_taps)
+                                  rng=jax.random.key(1), taps=objective.needs.teacher)
     tx, _ = builders.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                     steps_per_epoch=recipes.STEPS_PER_EPOCH)
-    objective = builders.make_objective(config.objective, num_train=info.num_train,
-                                        stages=config.stages)
     state = kdjax.DistillState.create(student=student, teacher=teacher, objective=objective,
                                       tx=tx, rng=jax.random.key(2), example_batch=batch)
     return kdjax.distill_step(state, batch)[1]

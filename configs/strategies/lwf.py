@@ -1,0 +1,38 @@
+"""Learning without Forgetting on digits: task 1 is digits 0-4, task 2 digits 5-9.
+
+  python -m kdjax.main --config=configs/strategies/lwf.py --workdir=/tmp/kdjax_lwf
+
+Runs: ``old`` (an MLP trained on task 1: 5 outputs), then, from the same start (its classifier
+widened to 10 outputs) and on task 2's data only, ``finetune`` (cross-entropy on the new
+outputs) and ``lwf`` (the same plus KD from the frozen task-1 model on the old outputs; Li &
+Hoiem 2016). Each new-task run reports ``old_accuracy`` (task-1 test images, argmax over the
+old outputs), ``new_accuracy`` (task 2, new outputs) and ``accuracy`` (all test images, all
+10 outputs).
+"""
+from kdjax.train.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.batch_size = 64
+  config.total_steps = 600
+  config.log_every = 50
+  config.eval_every = 300
+  config.checkpoint_every = 300
+  config.data.name = "digits"
+  config.data.eval_batch_size = 368
+  config.student.model = "mlp"
+  config.student.model_kwargs = {"hidden": (64,)}
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.schedule = "constant"
+  old, new = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+  config.runs = (
+      {"name": "old", "kind": "supervised", "model": "student", "classes": old},
+      {"name": "finetune", "kind": "lwf", "old": "old", "classes": new, "kd_weight": 0.0,
+       "temperature": 2.0},
+      {"name": "lwf", "kind": "lwf", "old": "old", "classes": new, "kd_weight": 1.0,
+       "temperature": 2.0},
+  )
+  return config

@@ -8,19 +8,12 @@ teacher, then prints a comparison table. Runs on a laptop CPU in well under a mi
 Try another seed with ``--config.seed=1``, or another objective term weight with
 ``--config.objective.kd.weight=0.5`` (use a new --workdir for each config).
 """
-from kdjax.train.config import base_config
+from kdjax.train import presets
 
 
 def get_config():
-  config = base_config()
+  config = presets.digits(batch_size=64, total_steps=500, eval_every=100, checkpoint_every=100)
   config.seed = 0
-  config.batch_size = 64
-  config.total_steps = 500
-  config.log_every = 50
-  config.eval_every = 100
-  config.checkpoint_every = 100
-  config.data.name = "digits"
-  config.data.eval_batch_size = 368  # the 359 test digits in one (padded) batch
 
   config.teacher.model = "cnn_small"
   config.teacher.total_steps = 400

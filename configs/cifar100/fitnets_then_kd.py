@@ -13,7 +13,8 @@ def get_config(pair=None):
   config = recipes.cifar100(pair)
   student, teacher = recipes.get_pair(pair).hint
   config.objective = {
-      "hint": {"kind": "fitnets", "weight": 100.0, "student": student, "teacher": teacher},
+      "hint": {"kind": "fitnets", "weight": 100.0, "student": student, "teacher": teacher,
+               "adapter": "conv3x3_bn_relu"},
       "ce": {"kind": "cross_entropy", "weight": 0.1},
       "kd": {"kind": "kd", "weight": 0.9, "temperature": 4.0},
   }

@@ -8,20 +8,13 @@ a fresh initialisation (``seed`` g) distilled from the previous generation with
 2020), declare models of decreasing size instead: teacher -> assistant -> student, each a
 'distill' run whose ``teachers`` is the run before it (see docs/strategies.md).
 """
-from kdjax.train.config import base_config
+from kdjax.train import presets
 
 GENERATIONS = 3
 
 
 def get_config():
-  config = base_config()
-  config.batch_size = 64
-  config.total_steps = 500
-  config.log_every = 50
-  config.eval_every = 250
-  config.checkpoint_every = 250
-  config.data.name = "digits"
-  config.data.eval_batch_size = 368
+  config = presets.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
   config.optimizer.learning_rate = 0.05

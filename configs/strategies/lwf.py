@@ -9,24 +9,14 @@ Hoiem 2016). Each new-task run reports ``old_accuracy`` (task-1 test images, arg
 old outputs), ``new_accuracy`` (task 2, new outputs) and ``accuracy`` (all test images, all
 10 outputs).
 """
-from kdjax.train.config import base_config
+from kdjax.train import presets
 
 
 def get_config():
-  config = base_config()
-  config.batch_size = 64
-  config.total_steps = 600
-  config.log_every = 50
-  config.eval_every = 300
-  config.checkpoint_every = 300
-  config.data.name = "digits"
-  config.data.eval_batch_size = 368
+  config = presets.digits(batch_size=64, total_steps=600, eval_every=300, checkpoint_every=300)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (64,)}
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = "constant"
+  presets.adam(config, 3e-3)
   old, new = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
   config.runs = (
       {"name": "old", "kind": "supervised", "model": "student", "classes": old},

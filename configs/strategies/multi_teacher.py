@@ -8,18 +8,11 @@ teacher instead, declare it with kind 'load' via ``config.teacher.checkpoint``),
 averaged probabilities, ``kdjax.strategies.ensemble_teacher(combine='mean_probs')``, all run
 inside the student's compiled step).
 """
-from kdjax.train.config import base_config
+from kdjax.train import presets
 
 
 def get_config():
-  config = base_config()
-  config.batch_size = 64
-  config.total_steps = 500
-  config.log_every = 50
-  config.eval_every = 250
-  config.checkpoint_every = 250
-  config.data.name = "digits"
-  config.data.eval_batch_size = 368
+  config = presets.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.teacher.model = "mlp"
   config.teacher.model_kwargs = {"hidden": (128,)}
   config.teacher.total_steps = 400

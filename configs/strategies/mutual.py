@@ -10,25 +10,15 @@ of ``mutual`` start from the same initialisation and see the same batches as the
 runs, so the comparison isolates the mutual term. results.json's ``mutual`` entry holds each
 student's accuracy (``accuracy_0``, ``accuracy_1``) and their mean.
 """
-from kdjax.train.config import base_config
+from kdjax.train import presets
 
 
 def get_config():
-  config = base_config()
-  config.batch_size = 32
-  config.total_steps = 600
-  config.log_every = 50
-  config.eval_every = 200
-  config.checkpoint_every = 200
-  config.data.name = "digits"
-  config.data.eval_batch_size = 368
+  config = presets.digits(batch_size=32, total_steps=600, eval_every=200, checkpoint_every=200)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
   config.models = {"peer": {"model": "mlp", "model_kwargs": {"hidden": (64, 32)}}}
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = "constant"
+  presets.adam(config, 3e-3)
   config.runs = (
       {"name": "alone_0", "kind": "supervised", "model": "student"},
       {"name": "alone_1", "kind": "supervised", "model": "peer"},

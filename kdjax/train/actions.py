@@ -224,8 +224,9 @@ class Preemption:
     if loop.last or not self.watch.reached(loop.step):
       return
     name = signal.Signals(self.watch.signum).name
+    how = "was interrupted" if self.watch.signum == signal.SIGINT else "was preempted"
     loop.save_requested = True
     loop.stop = Preempted(
-        f"run '{self.run}' stopped by {name} at step {loop.step}; a checkpoint was saved in "
+        f"run '{self.run}' {how} ({name}) at step {loop.step}; a checkpoint was saved in "
         f"{self.checkpoint_dir}/{loop.step}; run the same command again to resume",
         run=self.run, step=loop.step, signum=self.watch.signum)

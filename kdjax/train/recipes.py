@@ -119,6 +119,27 @@ def cifar100(pair: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+def last_stages(pair: str | None = None) -> tuple[str, str]:
+  """The (student, teacher) stages of the pair's last equal-resolution maps (FT's factors)."""
+  student, teacher_layers = get_pair(pair).attention
+  return student[-1], teacher_layers[-1]
+
+
+# Stages before distillation, in epochs, as RepDistiller's ``init_epochs`` (they are added to the
+# 240 epochs, and the learning-rate steps move back by as much).
+INIT_EPOCHS = 30
+
+
+def with_init_stage(config: ml_collections.ConfigDict, term: str,
+                    later: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """Prepends ``INIT_EPOCHS`` of ``term`` alone, then runs ``later`` for the usual 240 epochs."""
+  config.total_steps = TOTAL_STEPS + epochs(INIT_EPOCHS)
+  config.optimizer.decay_epochs = tuple(e + INIT_EPOCHS for e in DECAY_EPOCHS)
+  config.stages = ({"steps": epochs(INIT_EPOCHS), "terms": (term,)},
+                   {"steps": 0, "terms": later})
+  return config
+
+
 def teacher(model: str | None = None) -> ml_collections.ConfigDict:
   """Trains only a teacher (``model``, default resnet32x4) with the protocol, at rate 0.05."""
   model = model or PAIRS[DEFAULT_PAIR].teacher

@@ -7,8 +7,11 @@ import numpy as np
 import optax
 import pytest
 
+import flax
 import kdjax
+from kdjax import _checkpointable
 from kdjax import objectives
+from kdjax import strategies
 from kdjax.train import checkpoint as ckpt_lib
 from kdjax.train.errors import CheckpointError
 from tests import helpers
@@ -40,7 +43,9 @@ def test_round_trip_restores_everything_but_the_teacher(tmp_path):
   checkpointer.wait()
   restored, data, step = checkpointer.restore_latest(make_state())
   assert step == 3 and data == {"iterator": {"step": 3}, "elapsed_s": 1.5}
-  for field in ckpt_lib.STATE_FIELDS:
+  fields = _checkpointable.checkpoint_fields(saved)
+  assert fields == ("step", "params", "student_state", "objective_state", "opt_state", "rng")
+  for field in fields:
     if field == "rng":
       np.testing.assert_array_equal(jax.random.key_data(restored.rng),
                                     jax.random.key_data(saved.rng))
@@ -49,6 +54,40 @@ def test_round_trip_restores_everything_but_the_teacher(tmp_path):
   # The teacher is not in the checkpoint: the target's teacher is kept as it is.
   assert restored.teacher_params is not None
   assert not any("teacher" in name for name in os.listdir(tmp_path / "ckpt" / "3" / "state"))
+  checkpointer.close()
+
+
+@flax.struct.dataclass
+class _StateWithEma(kdjax.DistillState):
+  ema_params: object = None
+
+
+def test_a_new_state_field_is_checkpointed_without_any_list_to_update(tmp_path):
+  base = make_state()
+  state = _StateWithEma(**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                        ema_params=jax.tree.map(lambda p: p * 0 + 7.0, base.params))
+  assert "ema_params" in _checkpointable.checkpoint_fields(state)
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1)
+  checkpointer.save(1, state, {})
+  checkpointer.wait()
+  target = state.replace(ema_params=jax.tree.map(jnp.zeros_like, state.ema_params))
+  restored, _, _ = checkpointer.restore_latest(target)
+  jax.tree.map(np.testing.assert_array_equal, restored.ema_params, state.ema_params)
+  checkpointer.close()
+
+
+def test_mutual_state_round_trips(tmp_path):
+  students = [helpers.tap_mlp(1, hidden=8), helpers.tap_mlp(2, hidden=4)]
+  state = strategies.MutualState.create(students, optax.adam(1e-3), jax.random.key(0),
+                                        helpers.batch(8))
+  saved = state.replace(step=jnp.asarray(5, jnp.int32),
+                        params=jax.tree.map(lambda p: p + 1.0, state.params))
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1)
+  checkpointer.save(5, saved, {})
+  checkpointer.wait()
+  restored, _, step = checkpointer.restore_latest(state)
+  assert step == 5 and int(restored.step) == 5
+  jax.tree.map(np.testing.assert_array_equal, restored.params, saved.params)
   checkpointer.close()
 
 

@@ -9,6 +9,14 @@ repetitions in one process; each line printed is JSON:
 
   python benchmarks/step_overhead.py               # resnet32x4 -> resnet8x4 and an MLP pair
   python benchmarks/step_overhead.py --pairs mlp --repeats 20
+
+With ``--checked`` it compares ``jax.jit(kdjax.checked(kdjax.distill_step))`` (run-time value
+checks, see ``kdjax/_checked.py``) with the plain jitted step instead, each called and its loss
+fetched every step as a training loop does:
+
+  {"pair": ..., "plain_ms": ..., "checked_ms": ..., "ratio": ...}
+
+  python benchmarks/step_overhead.py --checked
 """
 from __future__ import annotations
 
@@ -67,7 +75,7 @@ def timed(fn, n):
   return (time.perf_counter() - start) / n * 1e3
 
 
-def bench(pair: str, batch_size: int, repeats: int, iters: int) -> dict:
+def _setup(pair: str, batch_size: int):
   t_name, s_name, shape, classes = PAIRS[pair]
   t_kwargs = MODEL_KWARGS.get(t_name, {})
   s_kwargs = {"hidden": (256,)} if s_name == "mlp" else {}
@@ -89,6 +97,43 @@ def bench(pair: str, batch_size: int, repeats: int, iters: int) -> dict:
                                   "kd": (objectives.kd(temperature=TEMPERATURE), 0.9)})
   state = kdjax.DistillState.create(student=student, teacher=teacher, objective=objective, tx=tx,
                                     rng=jax.random.key(2), example_batch=batch)
+  return teacher, student, t_module, s_module, tx, batch, state
+
+
+def _interleaved(fn_a, fn_b, repeats: int, iters: int) -> tuple[float, float]:
+  timed(fn_a, 2)  # compile + warm up
+  timed(fn_b, 2)
+  a_ms, b_ms = [], []
+  for _ in range(repeats):  # interleaved so drifts in machine load hit both alike
+    a_ms.append(timed(fn_a, iters))
+    b_ms.append(timed(fn_b, iters))
+  return float(np.median(a_ms)), float(np.median(b_ms))
+
+
+def bench_checked(pair: str, batch_size: int, repeats: int, iters: int) -> dict:
+  """The plain jitted step against the checked one (both donate the state)."""
+  _, _, _, _, _, batch, state = _setup(pair, batch_size)
+  plain = jax.jit(kdjax.distill_step, donate_argnums=0)
+  checked = jax.jit(kdjax.checked(kdjax.distill_step), donate_argnums=0)
+  holder = {"plain": state, "checked": jax.tree.map(jnp.copy, state)}
+
+  def run(name, step):
+    def fn():
+      holder[name], m = step(holder[name], batch)
+      # Not read here: the plain step keeps dispatching ahead, while the checked one reads its
+      # error flag on every step; that difference is part of its cost.
+      return m["loss"]
+    return fn
+
+  plain_ms, checked_ms = _interleaved(run("plain", plain), run("checked", checked), repeats,
+                                      iters)
+  return {"pair": pair, "batch_size": batch_size, "device": jax.devices()[0].platform,
+          "plain_ms": round(plain_ms, 3), "checked_ms": round(checked_ms, 3),
+          "ratio": round(checked_ms / plain_ms, 4), "repeats": repeats, "iters": iters}
+
+
+def bench(pair: str, batch_size: int, repeats: int, iters: int) -> dict:
+  teacher, student, t_module, s_module, tx, batch, state = _setup(pair, batch_size)
   kd_step = jax.jit(kdjax.distill_step, donate_argnums=0)
 
   fused = fused_step_fn(t_module, s_module, tx)
@@ -106,13 +151,7 @@ def bench(pair: str, batch_size: int, repeats: int, iters: int) -> dict:
     holder["carry"], loss = fused(holder["carry"], teacher_vars, batch)
     return loss
 
-  timed(run_kdjax, 2)  # compile + warm up
-  timed(run_fused, 2)
-  kd_ms, fused_ms = [], []
-  for _ in range(repeats):  # interleaved so drifts in machine load hit both alike
-    kd_ms.append(timed(run_kdjax, iters))
-    fused_ms.append(timed(run_fused, iters))
-  kd, fu = float(np.median(kd_ms)), float(np.median(fused_ms))
+  kd, fu = _interleaved(run_kdjax, run_fused, repeats, iters)
   return {"pair": pair, "batch_size": batch_size, "device": jax.devices()[0].platform,
           "kdjax_ms": round(kd, 3), "fused_ms": round(fu, 3), "ratio": round(kd / fu, 4),
           "repeats": repeats, "iters": iters}
@@ -124,9 +163,12 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--iters", type=int, default=5)
+  parser.add_argument("--checked", action="store_true",
+                      help="compare kdjax.checked(distill_step) with the plain step")
   args = parser.parse_args()
+  fn = bench_checked if args.checked else bench
   for pair in args.pairs:
-    print(json.dumps(bench(pair, args.batch_size, args.repeats, args.iters)), flush=True)
+    print(json.dumps(fn(pair, args.batch_size, args.repeats, args.iters)), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ composed from ``kdjax.objectives`` and losses from ``kdjax.losses``.
 from kdjax import losses
 from kdjax import models
 from kdjax import objectives
+from kdjax._checked import checked
 from kdjax.step import DistillState
 from kdjax.step import distill_step
 from kdjax.step import eval_step

@@ -123,9 +123,10 @@ class DistillState:
             f"teacher logits have {t_out.logits.shape[-1]} classes but the student has "
             f"{s_out.logits.shape[-1]}; build both models with the same num_classes "
             "(config.student.num_classes / config.teacher.num_classes)")
-    loss_utils.check_mask(example_batch.get("mask"), s_out.logits.shape[:-1],
-                          "example_batch: the student's predictions (logits.shape[:-1])")
     zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+    # Shapes only: the example batch may hold jax.ShapeDtypeStructs.
+    loss_utils.check_mask(zeros(example_batch.get("mask")), s_out.logits.shape[:-1],
+                          "example_batch: the student's predictions (logits.shape[:-1])")
     obj_rng, step_rng = jax.random.split(rng)
     obj_params, obj_state = objective.init(obj_rng, zeros(s_out), zeros(t_out),
                                            zeros(dict(example_batch)))

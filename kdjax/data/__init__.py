@@ -7,7 +7,10 @@ so teacher and student see the same view.
 
 Datasets: ``'digits'`` (scikit-learn, offline; the quickstart default), ``'synthetic'`` (and
 :class:`SyntheticDataset` for other shapes), ``'tfds:<dataset>[:<config>]'`` (TFDS prepared on
-disk in the array_record format, read without TensorFlow).
+disk in the array_record format, read without TensorFlow), and the user's own files:
+``'folder:<dir>'`` (``<dir>/<split>/<class>/<image>``, decoded with Pillow), ``'npz:<file>'``
+(``<split>_images`` / ``<split>_labels`` arrays), ``'idx:<dir>'`` (MNIST, Fashion-MNIST, KMNIST
+IDX files) and ``'tfds-dir:<dir>'`` (a prepared TFDS dataset directory).
 
 Example::
 
@@ -28,14 +31,19 @@ from kdjax.data._base import DatasetNotPreparedError
 from kdjax.data._base import Source
 from kdjax.data._builtin import ArrayDataset
 from kdjax.data._builtin import SyntheticDataset
+from kdjax.data._files import read_idx
+from kdjax.data._folder import FolderDataset
 from kdjax.data._pipeline import EvalBatches
+from kdjax.data._pipeline import ReplayViews
 from kdjax.data._pipeline import TrainIterator
 from kdjax.data._pipeline import make_eval_batches
+from kdjax.data._pipeline import make_replay_views
 from kdjax.data._pipeline import make_train_iterator
 from kdjax.data._registry import available_datasets
 from kdjax.data._registry import get_dataset
 from kdjax.data._registry import get_info
 from kdjax.data._tfds import TfdsDataset
+from kdjax.data._tfds_dir import TfdsDirDataset
 
 __all__ = [
     "ArrayDataset",
@@ -45,13 +53,18 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotPreparedError",
     "EvalBatches",
+    "FolderDataset",
+    "ReplayViews",
     "Source",
     "SyntheticDataset",
     "TfdsDataset",
+    "TfdsDirDataset",
     "TrainIterator",
     "available_datasets",
     "get_dataset",
     "get_info",
     "make_eval_batches",
+    "make_replay_views",
     "make_train_iterator",
+    "read_idx",
 ]

@@ -5,6 +5,10 @@ example's place in the global stream of training examples (``step * global_batch
 So the augmented batch does not depend on how many processes or workers load it, each epoch sees
 a new view of every example, and the view is made once, in the input pipeline, so teacher and
 student see the same pixels ("consistent" teaching, Beyer et al. 2022).
+
+With augmentation replay (``replay_epochs=E``) the draws of example ``i`` in epoch ``e`` come
+from ``(seed, e mod E, i)`` instead: the stream cycles through ``E`` fixed views of every example,
+so a teacher's outputs on them can be computed once and cached (:mod:`kdjax.teacher_cache`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from kdjax.data._base import DataError
 # Stream tags keep the draws of different purposes independent for the same (seed, position).
 _VIEW_STREAM = 1
 _PAIR_STREAM = 2
+_REPLAY_STREAM = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +96,16 @@ class _Views:
   box_centers: np.ndarray  # float [b, 2] in [0, 1), for CutMix
 
 
-def draw_views(seed: int, positions: Sequence[int], options: AugmentOptions) -> _Views:
-  """The draws for the examples at ``positions`` of the stream; a function of (seed, position)."""
+def draw_views(seed: int, positions: Sequence[int], options: AugmentOptions, *,
+               replay: Sequence[int] | None = None) -> _Views:
+  """The draws for the examples at ``positions`` of the stream; a function of (seed, position).
+
+  With ``replay`` (one replay epoch per example), ``positions`` are the examples' indices in the
+  split and the draws are a function of ``(seed, replay, index)``: the same replay epoch of the
+  same example always gets the same view.
+  """
+  if replay is not None and len(replay) != len(positions):
+    raise DataError(f"replay has {len(replay)} entries but there are {len(positions)} examples")
   pad = int(options.crop_padding)
   alpha = options.mixup_alpha or options.cutmix_alpha
   if not (pad or options.flip or alpha):  # Nothing random: skip the per-example generators.
@@ -100,10 +113,13 @@ def draw_views(seed: int, positions: Sequence[int], options: AugmentOptions) -> 
     return _Views(np.zeros((b, 2), np.int64), np.zeros((b,), bool), np.ones((b,), np.float32),
                   np.zeros((b, 2)))
   offsets, flips, lambdas, centers = [], [], [], []
-  for position in positions:
+  for j, position in enumerate(positions):
     # Fixed-size uniform draws first, in a fixed order, and the Beta draw (which consumes a
     # variable amount) last: turning one option on or off does not change the others' draws.
-    rng = np.random.default_rng((seed, _VIEW_STREAM, int(position)))
+    if replay is None:
+      rng = np.random.default_rng((seed, _VIEW_STREAM, int(position)))
+    else:
+      rng = np.random.default_rng((seed, _REPLAY_STREAM, int(replay[j]), int(position)))
     offsets.append(np.floor(rng.random(2) * (2 * pad + 1)).astype(np.int64))
     flips.append(rng.random() < 0.5)
     centers.append(rng.random(2))

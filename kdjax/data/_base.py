@@ -28,6 +28,8 @@ class DatasetInfo:
     eval_split: the split evaluation reads by default (``'test'`` where there is one).
     mean: per-channel mean of the training images in ``[0, 1]`` units, or ``None`` if unknown.
     std: per-channel standard deviation, same units, or ``None``.
+    class_names: the name of each label id (``class_names[label]``), or ``None`` if unknown
+      (``folder:`` datasets name their classes after their class folders).
   """
   name: str
   num_classes: int
@@ -38,6 +40,7 @@ class DatasetInfo:
   eval_split: str = "test"
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
+  class_names: tuple[str, ...] | None = None
 
 
 class Source(Protocol):

@@ -7,9 +7,15 @@ batch, ``b = global_batch_size / P``. A process loads and augments only its rows
 random draw depends on ``(seed, position in the stream)``, so concatenating the processes' slices
 gives the very batch a single process would load. That is also the layout
 ``jax.make_array_from_process_local_data`` expects for a batch sharded over a process-major mesh.
+
+With ``replay_epochs=E`` the order stays the same but the augmentation of example ``i`` in epoch
+``e`` depends on ``(seed, e mod E, i)`` only: :class:`ReplayViews` makes exactly those views for
+any (indices, replay epochs), which is how :mod:`kdjax.teacher_cache` runs the teacher on the
+views the student will see.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterator, Mapping
 
@@ -52,11 +58,72 @@ def _load_images(source: Source, indices: np.ndarray) -> tuple[np.ndarray, np.nd
   return images, labels
 
 
+class ReplayViews:
+  """The replayed training views of a split: ``(indices, replay epochs) -> batch``.
+
+  Example ``i`` in replay epoch ``r`` is always augmented with the draws of ``(seed, r, i)``;
+  the training stream of :func:`make_train_iterator` with the same settings and
+  ``replay_epochs=E`` shows it in epoch ``e`` with ``r = e mod E``. Pickles into grain workers.
+
+  Attributes:
+    info: the dataset's :class:`DatasetInfo`.
+    num_examples: size of the split.
+    replay_epochs: ``E``.
+    settings: the JSON-serialisable settings that fix the views (dataset, split, seed,
+      replay_epochs, augment, standardize): what a teacher cache records and checks.
+  """
+
+  def __init__(self, source: Source, *, info: DatasetInfo, split: str, seed: int,
+               replay_epochs: int, options: _augment.AugmentOptions, stats: Any,
+               standardize: bool):
+    if options.mixes:
+      raise DataError(
+          "augment.mixup_alpha / augment.cutmix_alpha mix each example with a partner drawn "
+          "from its batch, so its view is not a function of the example alone and cannot be "
+          "replayed; set them to 0 or drop replay_epochs (and the teacher cache)")
+    if int(replay_epochs) != replay_epochs or replay_epochs < 1:
+      raise DataError(f"replay_epochs must be an int >= 1, got {replay_epochs}")
+    self.source = source
+    self.info = info
+    self.num_examples = len(source)
+    self.seed = seed
+    self.replay_epochs = int(replay_epochs)
+    self.options = options
+    self.stats = stats
+    self.settings = {"dataset": info.name, "split": split, "seed": seed,
+                     "replay_epochs": self.replay_epochs,
+                     "augment": dataclasses.asdict(options), "standardize": bool(standardize)}
+
+  def __call__(self, indices: np.ndarray, replay: np.ndarray) -> Batch:
+    """The views of examples ``indices`` (int ``[b]``) in replay epochs ``replay`` (int ``[b]``).
+
+    Returns:
+      ``{'image': float32 [b, H, W, C], 'label': int32 [b], 'index': int32 [b],
+      'replay_epoch': int32 [b]}``.
+    """
+    indices = np.asarray(indices)
+    replay = np.broadcast_to(np.asarray(replay), indices.shape)
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_examples):
+      raise DataError(f"indices must be in [0, {self.num_examples}), got "
+                      f"[{indices.min()}, {indices.max()}]")
+    if replay.size and (replay.min() < 0 or replay.max() >= self.replay_epochs):
+      raise DataError(f"replay epochs must be in [0, {self.replay_epochs}), got "
+                      f"[{replay.min()}, {replay.max()}]")
+    views = _augment.draw_views(self.seed, indices, self.options, replay=replay)
+    images, labels = _load_images(self.source, indices)
+    images = _augment.crop_and_flip(images, views, self.options)
+    if self.stats is not None:
+      images = _augment.standardize(images, *self.stats)
+    return {"image": images.astype(np.float32), "label": labels,
+            "index": indices.astype(np.int32), "replay_epoch": replay.astype(np.int32)}
+
+
 class _TrainBatchLoader:
   """Global batch of indices -> this process's augmented slice. Pickles into grain workers."""
 
   def __init__(self, source: Source, *, seed: int, global_batch_size: int, process_index: int,
-               local_batch_size: int, options: _augment.AugmentOptions, stats: Any):
+               local_batch_size: int, options: _augment.AugmentOptions, stats: Any,
+               replay: ReplayViews | None = None):
     self.source = source
     self.seed = seed
     self.global_batch_size = global_batch_size
@@ -64,6 +131,7 @@ class _TrainBatchLoader:
     self.rows = np.arange(self.start, self.start + local_batch_size)
     self.options = options
     self.stats = stats
+    self.replay = replay
 
   def _views(self, step: int, indices: np.ndarray, rows: np.ndarray):
     positions = step * self.global_batch_size + rows
@@ -72,6 +140,10 @@ class _TrainBatchLoader:
     return _augment.crop_and_flip(images, views, self.options), labels, views
 
   def __call__(self, step: int, indices: np.ndarray) -> Batch:
+    if self.replay is not None:
+      positions = step * self.global_batch_size + self.rows
+      epochs = positions // self.replay.num_examples
+      return self.replay(indices[self.rows], epochs % self.replay.replay_epochs)
     images, labels, views = self._views(step, indices, self.rows)
     batch = {"label": labels, "index": indices[self.rows].astype(np.int32)}
     if self.options.mixes:
@@ -114,11 +186,15 @@ class TrainIterator(Iterator[Batch]):
     global_batch_size: examples per step, over all processes.
     local_batch_size: examples per step in this process.
     steps_per_epoch: ``num_train / global_batch_size`` (batches run across epoch boundaries).
+    replay: the :class:`ReplayViews` that make the views under ``replay_epochs`` (``None``
+      without replay).
   """
 
   def __init__(self, batches: grain.MapDataset, *, info: DatasetInfo, seed: int,
-               global_batch_size: int, local_batch_size: int, worker_count: int):
+               global_batch_size: int, local_batch_size: int, worker_count: int,
+               replay: ReplayViews | None = None):
     self._batches = batches
+    self.replay = replay
     self.info = info
     self.seed = seed
     self.global_batch_size = global_batch_size
@@ -147,9 +223,13 @@ class TrainIterator(Iterator[Batch]):
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    """``{'step', 'dataset', 'seed', 'global_batch_size'}``: JSON-serialisable."""
-    return {"step": self._step, "dataset": self.info.name, "seed": self.seed,
-            "global_batch_size": self.global_batch_size}
+    """``{'step', 'dataset', 'seed', 'global_batch_size'}`` (and ``'replay_epochs'`` under
+    replay): JSON-serialisable."""
+    state = {"step": self._step, "dataset": self.info.name, "seed": self.seed,
+             "global_batch_size": self.global_batch_size}
+    if self.replay is not None:
+      state["replay_epochs"] = self.replay.replay_epochs
+    return state
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continue from a state returned by :meth:`get_state` (of this or an earlier run)."""
@@ -158,11 +238,13 @@ class TrainIterator(Iterator[Batch]):
       raise DataError(f"not a kdjax training iterator state: {state!r}; expected the dict "
                       "returned by TrainIterator.get_state()")
     mine = self.get_state()
-    for key in _STATE_KEYS:
-      if key in state and state[key] != mine[key]:
+    # A state saved without replay has no 'replay_epochs': it must match an iterator without.
+    checked = [k for k in _STATE_KEYS if k in state] + ["replay_epochs"]
+    for key in checked:
+      if state.get(key) != mine.get(key):
         raise DataError(
-            f"the saved data iterator state has {key}={state[key]!r} but this iterator has "
-            f"{key}={mine[key]!r}; resume with the config the state was saved with, or start "
+            f"the saved data iterator state has {key}={state.get(key)!r} but this iterator has "
+            f"{key}={mine.get(key)!r}; resume with the config the state was saved with, or start "
             "the data stream afresh (do not restore its state)")
     self.close()
     self._step = state["step"]
@@ -184,7 +266,8 @@ def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: in
                         process_index: int = 0, process_count: int = 1,
                         augment: Any = None, worker_count: int = 0,
                         data_dir: str | None = None, split: str = "train",
-                        standardize: bool = False) -> TrainIterator:
+                        standardize: bool = False,
+                        replay_epochs: int | None = None) -> TrainIterator:
   """An endless, shuffled, augmented stream of this process's training batches.
 
   Each batch is a dict of numpy arrays, ``b = global_batch_size // process_count`` rows:
@@ -193,6 +276,8 @@ def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: in
   - ``'label'``: int32 ``[b]``;
   - ``'index'``: int32 ``[b]``, the example's index in the split (for memory-bank and
     contrastive losses);
+  - with ``replay_epochs``, also ``'replay_epoch'``: int32 ``[b]``, the example's epoch modulo
+    ``replay_epochs`` (with ``'index'``, the key of its view in a teacher cache);
   - with mixup or CutMix, also ``'label_mix'`` (int32 ``[b]``, the partner's label) and
     ``'mix_lambda'`` (float32 ``[b]``, in ``[0, 1]``, the weight of ``'label'``): the soft
     target is ``mix_lambda * onehot(label) + (1 - mix_lambda) * onehot(label_mix)``. The
@@ -217,6 +302,10 @@ def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: in
     standardize: subtract the dataset's per-channel mean and divide by its std (known for
       cifar10/100, mnist, fashion_mnist, and computed for the built-in datasets); otherwise
       images stay in ``[0, 1]``.
+    replay_epochs: augmentation replay: ``None`` (every epoch draws new views, from
+      ``(seed, position)``) or ``E >= 1``: example ``i`` in epoch ``e`` gets the view drawn from
+      ``(seed, e mod E, i)``, so the stream cycles through ``E`` fixed views per example (what a
+      teacher cache stores). The data order is the same either way. Not with mixup / CutMix.
 
   Returns:
     A :class:`TrainIterator` (with ``get_state`` / ``set_state``).
@@ -230,14 +319,44 @@ def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: in
   source = dataset.source(split)
   if len(source) == 0:
     raise DataError(f"split '{split}' of dataset '{info.name}' is empty")
+  options = _augment.augment_options(augment)
+  stats = _stats(info, standardize)
+  replay = None
+  if replay_epochs is not None:
+    replay = ReplayViews(source, info=info, split=split, seed=seed, replay_epochs=replay_epochs,
+                         options=options, stats=stats, standardize=standardize)
   loader = _TrainBatchLoader(source, seed=seed, global_batch_size=global_batch_size,
                              process_index=process_index, local_batch_size=local,
-                             options=_augment.augment_options(augment),
-                             stats=_stats(info, standardize))
+                             options=options, stats=stats, replay=replay)
   batches = (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
              .batch(global_batch_size, drop_remainder=True).map_with_index(loader))
   return TrainIterator(batches, info=info, seed=seed, global_batch_size=global_batch_size,
-                       local_batch_size=local, worker_count=int(worker_count))
+                       local_batch_size=local, worker_count=int(worker_count), replay=replay)
+
+
+def make_replay_views(name: str | Dataset, *, seed: int, replay_epochs: int, augment: Any = None,
+                      data_dir: str | None = None, split: str = "train",
+                      standardize: bool = False) -> ReplayViews:
+  """The views ``make_train_iterator(..., replay_epochs=replay_epochs)`` shows, by example.
+
+  ``views(indices, replay)`` returns the very images (and labels) the training stream with the
+  same ``name``, ``seed``, ``augment``, ``split`` and ``standardize`` gives example
+  ``indices[j]`` in any epoch ``e`` with ``e mod replay_epochs == replay[j]``.
+
+  Args:
+    name, seed, augment, data_dir, split, standardize: as in :func:`make_train_iterator`.
+    replay_epochs: ``E >= 1``, the number of distinct views per example.
+
+  Returns:
+    A :class:`ReplayViews`.
+  """
+  dataset = get_dataset(name, data_dir=data_dir)
+  source = dataset.source(split)
+  if len(source) == 0:
+    raise DataError(f"split '{split}' of dataset '{dataset.info.name}' is empty")
+  return ReplayViews(source, info=dataset.info, split=split, seed=_check_seed(seed),
+                     replay_epochs=replay_epochs, options=_augment.augment_options(augment),
+                     stats=_stats(dataset.info, standardize), standardize=standardize)
 
 
 class _EvalBatchLoader:

@@ -1,9 +1,10 @@
 """Objective terms for language models, every one masked by padding.
 
-Batches look like ``{'tokens': int [B, L], 'targets': int [B, L], 'mask': bool [B, L]}``; a term
-reads ``batch['mask']`` (``[B, L]`` per token, or ``[B]`` per sequence), passes it to its
-per-token loss from :mod:`kdjax.losses` (so padding never reaches the math, not even as NaN
-gradients) and reduces with a token-weighted mean over the kept positions.
+Batches look like ``{'tokens': int [B, L], 'targets': int [B, L], 'mask': bool [B, L]}``. Every
+term is :func:`kdjax.objectives.from_loss` of a loss from :mod:`kdjax.losses`: it reads
+``batch['mask']`` (``[B, L]`` per token, or ``[B]`` per sequence; any other shape is an error),
+zeroes padded positions and passes the mask to the loss (so padding never reaches the math, not
+even as NaN gradients) and reduces with the token-weighted :func:`kdjax.losses.masked_mean`.
 
 Hidden-state and attention terms read tapped features (``'blocks_{i}'``,
 ``'blocks_{i}/attn_probs'``). Several layers pair up either as explicit tap sequences or as a
@@ -13,14 +14,14 @@ Hidden-state and attention terms read tapped features (``'blocks_{i}'``,
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from kdjax import losses
-from kdjax.objectives import Term
-from kdjax.objectives import _adapters
+from kdjax.losses import _utils as loss_utils
+from kdjax.objectives import Needs, Term, from_loss
 from kdjax.objectives._base import as_tuple, no_params_init, select
 
 TOPK_VALUES_KEY = "teacher_topk_values"
@@ -34,18 +35,11 @@ def token_mask(batch: Mapping[str, Any], mask_key: str | None,
   """The ``[B, L]`` bool mask of real tokens in ``batch`` (``None`` when there is none).
 
   ``batch[mask_key]`` may be per token (``[B, L]``) or per sequence (``[B]``, e.g. the padded
-  tail of an evaluation set); anything else is an error.
+  tail of an evaluation set, broadcast over positions); anything else is a ``ValueError``.
   """
   if mask_key is None or not isinstance(batch, Mapping) or batch.get(mask_key) is None:
     return None
-  mask = jnp.asarray(batch[mask_key])
-  if mask.shape == tuple(shape):
-    return mask.astype(bool)
-  if mask.shape == tuple(shape[:1]):
-    return jnp.broadcast_to(mask.astype(bool)[:, None], shape)
-  raise ValueError(f"batch[{mask_key!r}] has shape {mask.shape} but the per-token loss has shape "
-                   f"{tuple(shape)}; give a [batch, length] token mask (or a [batch] sequence "
-                   f"mask), or mask_key=None to use every position")
+  return loss_utils.check_mask(batch[mask_key], shape, f"the per-token loss (batch[{mask_key!r}])")
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> tuple[tuple[int, int], ...]:
@@ -97,92 +91,26 @@ def _pair_taps(student_tap, teacher_tap, layer_map):
   return s_taps, t_taps
 
 
-def _per_token_term(loss_fn: Callable[..., jax.Array], *, student: Any, teacher: Any,
-                    mask_key: str | None, takes_mask: bool = True, adapter: str | None = None,
-                    prepare: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-                    | None = None, **loss_kwargs) -> Term:
-  """A term summing ``masked_mean(loss_fn(s_i, t_i, mask=m))`` over paired student/teacher arrays.
-
-  ``adapter`` projects each student array onto its teacher's width (trained with the student);
-  ``prepare`` transforms both arrays of a pair before the loss (e.g. a head average).
-  """
-  s_keys, t_keys = as_tuple(student), as_tuple(teacher)
-
-  def arrays(student_out, teacher_out):
-    return ([select(student_out, k, side="student") for k in s_keys],
-            [select(teacher_out, k, side="teacher") for k in t_keys])
-
-  def init(rng, student_out, teacher_out, batch):
-    del batch
-    s, t = arrays(student_out, teacher_out)
-    if adapter is None:
-      for key, s_i, t_i in zip(s_keys, s, t):
-        if s_i.shape[-1] != t_i.shape[-1]:
-          raise ValueError(f"student {key!r} has width {s_i.shape[-1]} but the teacher's has "
-                           f"{t_i.shape[-1]}; pass adapter='linear' to learn a projection")
-      return {}, {}
-    params = {}
-    for i, (s_i, t_i, key) in enumerate(zip(s, t, jax.random.split(rng, len(s)))):
-      proj = _adapters.make_projector(adapter, t_i.shape[-1])
-      params[f"adapter_{i}"] = _adapters.init_projector(key, proj, s_i)
-    return params, {}
-
-  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
-    del step, axis_name  # Per-token means need no cross-device gathering.
-    s, t = arrays(student_out, teacher_out)
-    parts = []
-    for i, (s_i, t_i) in enumerate(zip(s, t)):
-      if adapter is not None:
-        proj = _adapters.make_projector(adapter, t_i.shape[-1])
-        s_i = proj.apply({"params": params[f"adapter_{i}"]}, s_i)
-      if prepare is not None:
-        s_i, t_i = prepare(s_i, t_i)
-      mask = token_mask(batch, mask_key, _token_shape(s_i))
-      if takes_mask:
-        values = loss_fn(s_i, t_i, mask=mask, **loss_kwargs)
-      else:
-        if mask is not None:  # Zero padding first, so non-finite values cannot reach gradients.
-          keep = mask.reshape(mask.shape + (1,) * (s_i.ndim - mask.ndim))
-          s_i = jnp.where(keep, s_i, jnp.zeros((), s_i.dtype))
-          t_i = jnp.where(keep, t_i, jnp.zeros((), t_i.dtype))
-        values = loss_fn(s_i, t_i, **loss_kwargs)
-      parts.append(losses.masked_mean(values, mask))
-    return sum(parts[1:], parts[0]), state, {}
-
-  return Term(init, apply)
-
-
-def _token_shape(x: jax.Array) -> tuple[int, ...]:
-  """``[B, L]`` of a ``[B, L, ...]`` array, or ``[B, Lq]`` of ``[B, H, Lq, Lk]`` attention."""
-  return (x.shape[0], x.shape[2]) if x.ndim == 4 else x.shape[:-1]
-
-
 # Response-based, per token ------------------------------------------------------------------
 
 
 def token_kd_term(temperature: float = 1.0, *, mask_key: str | None = "mask") -> Term:
-  """Word-level KD: ``T^2 KL(p_t || p_s)`` per token (:func:`kdjax.losses.token_kd`)."""
-  _check_temperature(temperature)
-  return _per_token_term(losses.token_kd, student="logits", teacher="logits", mask_key=mask_key,
-                         temperature=temperature)
+  """Word-level KD: ``T^2 KL(p_t || p_s)`` per token (:func:`kdjax.losses.kd` with a mask)."""
+  return from_loss(losses.kd, mask_key=mask_key, temperature=temperature)
 
 
 def token_reverse_kd_term(temperature: float = 1.0, *, mask_key: str | None = "mask") -> Term:
   """Reverse KL ``T^2 KL(p_s || p_t)`` per token (MiniLLM, mode-seeking).
 
-  See :func:`kdjax.losses.token_reverse_kd`.
+  See :func:`kdjax.losses.reverse_kd`.
   """
-  _check_temperature(temperature)
-  return _per_token_term(losses.token_reverse_kd, student="logits", teacher="logits",
-                         mask_key=mask_key, temperature=temperature)
+  return from_loss(losses.reverse_kd, mask_key=mask_key, temperature=temperature)
 
 
 def token_jensen_shannon_term(temperature: float = 1.0, *,
                               mask_key: str | None = "mask") -> Term:
-  """Jensen-Shannon divergence per token (GKD; :func:`kdjax.losses.token_jensen_shannon`)."""
-  _check_temperature(temperature)
-  return _per_token_term(losses.token_jensen_shannon, student="logits", teacher="logits",
-                         mask_key=mask_key, temperature=temperature)
+  """Jensen-Shannon divergence per token (GKD; :func:`kdjax.losses.jensen_shannon`)."""
+  return from_loss(losses.jensen_shannon, mask_key=mask_key, temperature=temperature)
 
 
 def skew_kl_term(alpha: float = 0.1, *, temperature: float = 1.0,
@@ -191,18 +119,17 @@ def skew_kl_term(alpha: float = 0.1, *, temperature: float = 1.0,
 
   See :func:`kdjax.losses.skew_kl`.
   """
-  _check_temperature(temperature)
-  return _per_token_term(losses.skew_kl, student="logits", teacher="logits", mask_key=mask_key,
-                         alpha=alpha, temperature=temperature)
+  loss_utils.check_fraction(alpha, "alpha")
+  return from_loss(losses.skew_kl, mask_key=mask_key, alpha=alpha, temperature=temperature)
 
 
 def skew_reverse_kl_term(alpha: float = 0.1, *, temperature: float = 1.0,
                          mask_key: str | None = "mask") -> Term:
   """Skew reverse KL ``KL(p_s || a p_s + (1 - a) p_t)`` per token
   (DistiLLM; :func:`kdjax.losses.skew_reverse_kl`)."""
-  _check_temperature(temperature)
-  return _per_token_term(losses.skew_reverse_kl, student="logits", teacher="logits",
-                         mask_key=mask_key, alpha=alpha, temperature=temperature)
+  loss_utils.check_fraction(alpha, "alpha")
+  return from_loss(losses.skew_reverse_kl, mask_key=mask_key, alpha=alpha,
+                   temperature=temperature)
 
 
 def token_cross_entropy_term(label_smoothing: float = 0.0, *, label_key: str = "targets",
@@ -213,24 +140,16 @@ def token_cross_entropy_term(label_smoothing: float = 0.0, *, label_key: str = "
   add ``perplexity``, ``exp`` of the masked mean cross-entropy (without smoothing it is the
   batch's perplexity).
   """
-  if isinstance(label_smoothing, numbers.Number) and not 0.0 <= label_smoothing <= 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+  loss_utils.check_fraction(label_smoothing, "label_smoothing")
+  term = from_loss(losses.cross_entropy, teacher=None, labels=True, label_key=label_key,
+                   mask_key=mask_key, label_smoothing=label_smoothing)
 
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
-    del params, teacher_out, step, axis_name
-    logits = select(student_out, "logits", side="student")
-    if label_key not in batch:
-      raise ValueError(f"the batch has no {label_key!r} entry (it has {sorted(batch)}); pass "
-                       "label_key=... naming the next-token targets")
-    targets = jnp.asarray(batch[label_key])
-    mask = token_mask(batch, mask_key, targets.shape)
-    if mask is not None:
-      targets = jnp.where(mask, targets, jnp.zeros((), targets.dtype))
-    values = losses.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    loss = losses.masked_mean(values, mask)
-    return loss, state, {"perplexity": jnp.exp(loss)}
+    loss, state, metrics = term.apply(params, state, student_out, teacher_out, batch, step,
+                                      axis_name=axis_name)
+    return loss, state, {**metrics, "perplexity": jnp.exp(loss)}
 
-  return Term(no_params_init, apply)
+  return term._replace(apply=apply)
 
 
 # Sparse (top-k) teachers ----------------------------------------------------------------------
@@ -239,7 +158,7 @@ def token_cross_entropy_term(label_smoothing: float = 0.0, *, label_key: str = "
 def _check_sparse(mode, temperature):
   if mode not in SPARSE_MODES:
     raise ValueError(f"mode must be one of {SPARSE_MODES}, got {mode!r}")
-  _check_temperature(temperature)
+  loss_utils.check_temperature(temperature)
 
 
 def sparse_kd_term(k: int, *, mode: str = "renormalize", temperature: float = 1.0,
@@ -256,18 +175,15 @@ def sparse_kd_term(k: int, *, mode: str = "renormalize", temperature: float = 1.
     raise ValueError(f"k must be a positive integer, got {k!r}")
   _check_sparse(mode, temperature)
 
-  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
-    del params, step, axis_name
-    s = select(student_out, "logits", side="student")
-    t = select(teacher_out, "logits", side="teacher")
-    if k > t.shape[-1]:
-      raise ValueError(f"k={k} exceeds the vocabulary size {t.shape[-1]}")
+  def topk_kd(student_logits, teacher_logits, mask=None):
+    if k > teacher_logits.shape[-1]:
+      raise ValueError(f"k={k} exceeds the vocabulary size {teacher_logits.shape[-1]}")
     values, indices = losses.topk_teacher_logits(
-        t, int(k), log_probs=mode == "remainder", temperature=temperature)
-    values = jax.lax.stop_gradient(values)
-    return _sparse_loss(s, values, indices, batch, mode, temperature, mask_key), state, {}
+        teacher_logits, int(k), log_probs=mode == "remainder", temperature=temperature)
+    return losses.sparse_kd(student_logits, jax.lax.stop_gradient(values), indices,
+                            temperature=temperature, mode=mode, mask=mask)
 
-  return Term(no_params_init, apply)
+  return from_loss(topk_kd, mask_key=mask_key)
 
 
 def cached_sparse_kd_term(*, mode: str = "renormalize", temperature: float = 1.0,
@@ -292,17 +208,12 @@ def cached_sparse_kd_term(*, mode: str = "renormalize", temperature: float = 1.0
                          "teacher's cached top-k with TeacherCache.attach(data)")
     s = select(student_out, "logits", side="student")
     values = jax.lax.stop_gradient(jnp.asarray(batch[values_key]))
-    indices = jnp.asarray(batch[indices_key])
-    return _sparse_loss(s, values, indices, batch, mode, temperature, mask_key), state, {}
+    mask = batch.get(mask_key) if mask_key is not None else None
+    per_token = losses.sparse_kd(s, values, jnp.asarray(batch[indices_key]),
+                                 temperature=temperature, mode=mode, mask=mask)
+    return losses.masked_mean(per_token, mask), state, {}
 
-  return Term(no_params_init, apply)
-
-
-def _sparse_loss(student_logits, values, indices, batch, mode, temperature, mask_key):
-  mask = token_mask(batch, mask_key, student_logits.shape[:-1])
-  values = losses.sparse_kd(student_logits, values, indices, temperature=temperature, mode=mode,
-                            mask=mask)
-  return losses.masked_mean(values, mask)
+  return Term(no_params_init, apply, Needs(batch=(values_key, indices_key)))
 
 
 # Hidden states and attention ------------------------------------------------------------------
@@ -323,8 +234,8 @@ def hidden_mse_term(student_tap: str | Sequence[str], teacher_tap: str | Sequenc
     mask_key: batch key of the padding mask.
   """
   s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
-  return _per_token_term(losses.hidden_mse, student=s_taps, teacher=t_taps, adapter=adapter,
-                         mask_key=mask_key)
+  return from_loss(losses.hidden_mse, student=s_taps, teacher=t_taps, adapter=adapter,
+                   mask_key=mask_key)
 
 
 def hidden_cosine_term(student_tap: str | Sequence[str], teacher_tap: str | Sequence[str], *,
@@ -336,18 +247,20 @@ def hidden_cosine_term(student_tap: str | Sequence[str], teacher_tap: str | Sequ
   onto the teacher's width when they differ.
   """
   s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
-  return _per_token_term(losses.cosine_distance, student=s_taps, teacher=t_taps,
-                         adapter=adapter, takes_mask=False, mask_key=mask_key)
+  return from_loss(losses.cosine_distance, student=s_taps, teacher=t_taps, adapter=adapter,
+                   mask_key=mask_key)
 
 
-def _heads(head_reduction):
+def _heads(loss_fn, head_reduction):
+  """``loss_fn`` itself, or (``'mean'``) ``loss_fn`` of the head-averaged attention maps."""
   if head_reduction not in (None, "mean"):
     raise ValueError(f"head_reduction must be None or 'mean', got {head_reduction!r}")
   if head_reduction is None:
-    return None
+    return loss_fn
 
-  def mean_heads(s, t):  # [B, H, Lq, Lk] -> [B, 1, Lq, Lk]; a mean of distributions is one.
-    return jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
+  def mean_heads(s, t, mask=None):  # [B, H, Lq, Lk] -> [B, 1, Lq, Lk]: still distributions.
+    return loss_fn(jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True),
+                   mask=mask)
   return mean_heads
 
 
@@ -367,8 +280,8 @@ def attention_kl_term(student_tap: str | Sequence[str] = "blocks_{}/attn_probs",
     mask_key: batch key of the padding mask; masked queries are ignored.
   """
   s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
-  return _per_token_term(losses.attention_kl, student=s_taps, teacher=t_taps, mask_key=mask_key,
-                         prepare=_heads(head_reduction))
+  return from_loss(_heads(losses.attention_kl, head_reduction), student=s_taps, teacher=t_taps,
+                   mask_key=mask_key)
 
 
 def attention_mse_term(student_tap: str | Sequence[str] = "blocks_{}/attn_probs",
@@ -381,11 +294,5 @@ def attention_mse_term(student_tap: str | Sequence[str] = "blocks_{}/attn_probs"
   models expose probabilities, which this term compares just as well.
   """
   s_taps, t_taps = _pair_taps(student_tap, teacher_tap, layer_map)
-  return _per_token_term(losses.attention_mse, student=s_taps, teacher=t_taps, mask_key=mask_key,
-                         prepare=_heads(head_reduction))
-
-
-def _check_temperature(temperature):
-  if isinstance(temperature, numbers.Number) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}; typical values for language "
-                     "models are 1-2")
+  return from_loss(_heads(losses.attention_mse, head_reduction), student=s_taps, teacher=t_taps,
+                   mask_key=mask_key)

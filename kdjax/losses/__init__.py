@@ -1,8 +1,11 @@
 """Distillation losses: pure functions of arrays, optax style.
 
 Per-example (or per-token) losses return one value per example, shape ``logits.shape[:-1]``
-(``[batch]`` for feature maps); the caller reduces them. Batch-level losses (relations and DIST)
-return a scalar. Inputs of any float dtype are computed in float32 (float64 stays float64).
+(``[batch]`` for feature maps); the caller reduces them. The same function serves ``[B, C]`` and
+``[B, L, V]`` logits, with an optional ``mask`` of shape ``logits.shape[:-1]`` (or ``[B]``):
+masked positions return exactly 0, and :func:`masked_mean` reduces over the kept ones.
+Batch-level losses (relations and DIST) return a scalar. Inputs of any float dtype are computed
+in float32 (float64 stays float64); integer, boolean or complex logits are a ``TypeError``.
 Conventions: ``p^T = softmax(z / T)``; temperature-scaled divergences are multiplied by ``T^2``;
 ``kd`` is the forward ``KL(teacher || student)``; feature maps are channel-last.
 """
@@ -21,6 +24,21 @@ from kdjax.losses._feature import attention_transfer
 from kdjax.losses._feature import cosine_distance
 from kdjax.losses._feature import feature_mse
 from kdjax.losses._feature import nst
+from kdjax.losses._feature import adaptive_avg_pool
+from kdjax.losses._feature import match_spatial
+# Hints with adapters' outputs: factors, activation boundaries, margins, the teacher's head.
+from kdjax.losses._hint import activation_boundary
+from kdjax.losses._hint import factor_transfer
+from kdjax.losses._hint import ofd
+from kdjax.losses._hint import ofd_margin
+from kdjax.losses._hint import srd
+# Structure: correlations between examples (batch-level), between layers (per example).
+from kdjax.losses._structure import correlation_congruence
+from kdjax.losses._structure import fsp
+from kdjax.losses._structure import fsp_matrix
+from kdjax.losses._structure import kdsvd
+# Multi-level logits (batch-level).
+from kdjax.losses._multilevel import mlkd
 # Relation-based (batch-level, scalar).
 from kdjax.losses._relation import cka
 from kdjax.losses._relation import pkt
@@ -31,14 +49,12 @@ from kdjax.losses._relation import similarity_preserving
 from kdjax.losses._language import attention_kl
 from kdjax.losses._language import attention_mse
 from kdjax.losses._language import hidden_mse
-from kdjax.losses._language import masked_mean
 from kdjax.losses._language import skew_kl
 from kdjax.losses._language import skew_reverse_kl
 from kdjax.losses._language import sparse_kd
-from kdjax.losses._language import token_jensen_shannon
-from kdjax.losses._language import token_kd
-from kdjax.losses._language import token_reverse_kd
 from kdjax.losses._language import topk_teacher_logits
+# Reduction (optional mask).
+from kdjax.losses._utils import masked_mean
 
 __all__ = (
     "attention_kl",
@@ -66,8 +82,17 @@ __all__ = (
     "soft_cross_entropy",
     "sparse_kd",
     "standardize_logits",
-    "token_jensen_shannon",
-    "token_kd",
-    "token_reverse_kd",
     "topk_teacher_logits",
+    "activation_boundary",
+    "adaptive_avg_pool",
+    "correlation_congruence",
+    "factor_transfer",
+    "fsp",
+    "fsp_matrix",
+    "kdsvd",
+    "match_spatial",
+    "mlkd",
+    "ofd",
+    "ofd_margin",
+    "srd",
 )

@@ -9,22 +9,88 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses import _utils
 
 
 def _check_maps(student: jax.Array, teacher: jax.Array, loss: str) -> None:
-  """Channel-last maps with a spatial axis whose batch and spatial sizes agree."""
+  """Channel-last maps with a spatial axis and the same batch size and number of spatial axes."""
   for name, x in (("student", student), ("teacher", teacher)):
     if x.ndim < 3:
       raise ValueError(f"{loss} needs channel-last feature maps [batch, *spatial, channels]; "
                        f"the {name} features have shape {x.shape}; tap a convolutional (or "
                        "sequence) stage rather than a pooled vector")
-  if student.shape[:-1] != teacher.shape[:-1]:
-    raise ValueError(f"{loss}: student features have batch and spatial shape "
-                     f"{student.shape[:-1]} but teacher features have {teacher.shape[:-1]}; "
-                     "tap stages with the same resolution, or resize/pool one side first "
-                     "(channel counts may differ)")
+  if student.shape[0] != teacher.shape[0] or student.ndim != teacher.ndim:
+    raise ValueError(f"{loss}: student features have shape {student.shape} but teacher features "
+                     f"have {teacher.shape}; both need the same batch size and the same number "
+                     "of spatial axes (channel counts and spatial sizes may differ)")
+
+
+def _pool_matrix(n_in: int, n_out: int, dtype) -> jax.Array:
+  """``[n_out, n_in]`` averaging weights of PyTorch's adaptive average pooling along one axis.
+
+  Output cell ``k`` averages inputs ``floor(k n_in / n_out)`` to ``ceil((k + 1) n_in / n_out)``
+  (exclusive), so for ``n_in`` a multiple of ``n_out`` it is plain average pooling.
+  """
+  m = np.zeros((n_out, n_in), np.float64)
+  for k in range(n_out):
+    lo, hi = (k * n_in) // n_out, -((-(k + 1) * n_in) // n_out)
+    m[k, lo:hi] = 1.0 / (hi - lo)
+  return jnp.asarray(m, dtype)
+
+
+def adaptive_avg_pool(x: jax.typing.ArrayLike, spatial: tuple[int, ...]) -> jax.Array:
+  r"""Adaptive average pooling of a channel-last map to the spatial size ``spatial``.
+
+  .. math::
+    y[k] = \frac{1}{e_k - s_k} \sum_{i = s_k}^{e_k - 1} x[i],\quad
+    s_k = \lfloor k n / m \rfloor,\ e_k = \lceil (k + 1) n / m \rceil
+
+  along each spatial axis (input size ``n``, output size ``m``), exactly as PyTorch's
+  ``F.adaptive_avg_pool2d`` on NCHW.
+
+  Args:
+    x: feature map, shape ``[batch, *spatial_in, channels]``.
+    spatial: the output spatial shape, one size per spatial axis of ``x``, each ``<=`` the input's.
+
+  Returns:
+    The pooled map, shape ``[batch, *spatial, channels]``, in ``x``'s dtype.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> losses.adaptive_avg_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), (2, 2))[0, :, :, 0]
+    Array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+  """
+  x = jnp.asarray(x)
+  spatial = tuple(int(s) for s in spatial)
+  if len(spatial) != x.ndim - 2:
+    raise ValueError(f"adaptive_avg_pool: a map of shape {x.shape} has {x.ndim - 2} spatial axes, "
+                     f"but the target size {spatial} has {len(spatial)}")
+  for axis, size in enumerate(spatial, start=1):
+    if size == x.shape[axis]:
+      continue
+    if not 0 < size <= x.shape[axis]:
+      raise ValueError(f"adaptive_avg_pool only shrinks a map: axis {axis} has size "
+                       f"{x.shape[axis]}, asked for {size}")
+    m = _pool_matrix(x.shape[axis], size, x.dtype)
+    x = jnp.moveaxis(jnp.tensordot(m, x, axes=((1,), (axis,))), 0, axis)
+  return x
+
+
+def match_spatial(student: jax.Array, teacher: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Adaptive-average-pools the larger of two channel-last maps to the other's spatial size.
+
+  What the reference implementations (RepDistiller's AT, NST, VID, FT, FSP) do when the student's
+  and the teacher's maps differ in resolution; maps of equal spatial shape pass through. When one
+  map is larger along some axes and smaller along others, each axis is pooled to the smaller size.
+  """
+  if student.shape[1:-1] == teacher.shape[1:-1]:
+    return student, teacher
+  target = tuple(min(a, b) for a, b in zip(student.shape[1:-1], teacher.shape[1:-1]))
+  return adaptive_avg_pool(student, target), adaptive_avg_pool(teacher, target)
 
 
 def feature_mse(student_feat: jax.typing.ArrayLike,
@@ -54,9 +120,14 @@ def feature_mse(student_feat: jax.typing.ArrayLike,
     Thin Deep Nets", 2015.
 
   Convention: mean (not sum) over the non-batch axes. The FitNets regressor is a trainable
-  adapter applied to the student's features before this loss, not part of it.
+  adapter applied to the student's features before this loss, not part of it. Channel-last maps
+  with equal channels but different spatial sizes are compared after adaptive-average-pooling the
+  larger one (:func:`match_spatial`).
   """
   s, t = _utils.as_float(student_feat, teacher_feat)
+  if (s.shape != t.shape and s.ndim >= 3 and s.ndim == t.ndim and s.shape[0] == t.shape[0]
+      and s.shape[-1] == t.shape[-1]):
+    s, t = match_spatial(s, t)  # Maps of different resolution: pool the larger (hint terms).
   if s.shape != t.shape:
     raise ValueError(f"student features have shape {s.shape} but teacher features have "
                      f"{t.shape}; map the student onto the teacher's shape with an adapter "
@@ -70,20 +141,27 @@ def feature_mse(student_feat: jax.typing.ArrayLike,
 def attention_transfer(student_feat: jax.typing.ArrayLike,
                        teacher_feat: jax.typing.ArrayLike,
                        *,
-                       p: float = 2) -> jax.Array:
+                       p: float = 2,
+                       signed: bool = False) -> jax.Array:
   r"""Attention transfer: match the normalised spatial attention maps of two feature maps.
 
   .. math::
-    a = \frac{v}{\max(\|v\|_2, 10^{-12})},\quad v[x] = \frac1C \sum_c |f[x, c]|^p,
+    a = \frac{v}{\max(\|v\|_2, 10^{-12})},\quad v[x] = \frac1C \sum_c |f[x, c]|^p
+    \ (\text{or } f[x, c]^p \text{ with } \texttt{signed=True}),
     \qquad \ell_b = \frac1N \sum_x (a_s[x] - a_t[x])^2
 
   over the ``N`` spatial positions ``x``.
 
   Args:
     student_feat: student feature map, shape ``[batch, *spatial, C_s]``.
-    teacher_feat: teacher feature map, shape ``[batch, *spatial, C_t]``; the spatial sizes
-      must match the student's, the channel counts may differ.
+    teacher_feat: teacher feature map, shape ``[batch, *spatial', C_t]``; channel counts may
+      differ; when the spatial sizes differ the larger map is adaptive-average-pooled to the
+      smaller's (:func:`match_spatial`), as the reference code does.
     p: exponent applied to the activations (``> 0``; 2 in the paper).
+    signed: raise the activations themselves to ``p`` (``f^p``, RepDistiller's
+      ``distiller_zoo/AT.py``) instead of their magnitudes (``|f|^p``). The two agree for even
+      integer ``p`` and for non-negative (post-ReLU) features; for odd ``p`` on signed features
+      they differ, and a non-integer ``p`` on negative values is NaN with ``signed=True``.
 
   Returns:
     Per-example loss, shape ``[batch]``, float32.
@@ -100,16 +178,20 @@ def attention_transfer(student_feat: jax.typing.ArrayLike,
     S. Zagoruyko, N. Komodakis, "Paying More Attention to Attention: Improving the Performance
     of Convolutional Neural Networks via Attention Transfer", 2017.
 
-  Convention: channel mean (not sum) of ``|f|^p``; squared difference of the L2-normalised
-  maps, averaged over positions (the paper's ``beta / 2`` weight belongs to the caller).
+  Convention: channel mean (not sum) of ``|f|^p`` (the paper's definition; ``signed=True`` for
+  RepDistiller's ``f^p``); squared difference of the L2-normalised maps, averaged over positions
+  (the paper's ``beta / 2`` weight belongs to the caller). Checked against RepDistiller
+  ``distiller_zoo/AT.py`` (``at_loss``: ``(at(f_s) - at(f_t)).pow(2).mean()`` with
+  ``at(f) = F.normalize(f.pow(p).mean(1).view(B, -1))``), per example.
   """
   if isinstance(p, numbers.Number) and not p > 0:
     raise ValueError(f"p must be > 0, got {p}; the paper uses p=2")
   s, t = _utils.as_float(student_feat, teacher_feat)
   _check_maps(s, t, "attention_transfer")
+  s, t = match_spatial(s, t)
 
   def attention(f):
-    v = jnp.mean(jnp.abs(f)**p, axis=-1).reshape(f.shape[0], -1)
+    v = jnp.mean((f if signed else jnp.abs(f))**p, axis=-1).reshape(f.shape[0], -1)
     return _utils.l2_normalize(v, axis=1)
 
   return jnp.mean(jnp.square(attention(s) - attention(t)), axis=1)
@@ -129,8 +211,9 @@ def nst(student_feat: jax.typing.ArrayLike,
 
   Args:
     student_feat: student feature map, shape ``[batch, *spatial, C_s]``.
-    teacher_feat: teacher feature map, shape ``[batch, *spatial, C_t]``; the spatial sizes
-      must match, the channel counts may differ.
+    teacher_feat: teacher feature map, shape ``[batch, *spatial', C_t]``; channel counts may
+      differ; when the spatial sizes differ the larger map is adaptive-average-pooled to the
+      smaller's (:func:`match_spatial`), as RepDistiller's ``distiller_zoo/NST.py`` does.
 
   Returns:
     Per-example loss (a squared MMD), shape ``[batch]``, float32.
@@ -150,6 +233,7 @@ def nst(student_feat: jax.typing.ArrayLike,
   """
   s, t = _utils.as_float(student_feat, teacher_feat)
   _check_maps(s, t, "nst")
+  s, t = match_spatial(s, t)
 
   def channels(f):  # [B, *spatial, C] -> [B, C, N], each channel unit-norm over space.
     f = f.reshape(f.shape[0], -1, f.shape[-1])

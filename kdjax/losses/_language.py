@@ -1,10 +1,12 @@
-"""Token-level losses for language models: per-token divergences, sparse top-k teachers and
+"""Token-level losses for language models: skewed divergences, sparse top-k teachers and
 Transformer hidden-state / attention matching.
 
 Logits are ``[batch, length, vocab]`` (any ``[..., vocab]`` works); every loss returns one value
-per token, shape ``logits.shape[:-1]``. Where a ``mask`` (``[batch, length]``, bool or 0/1) is
-given, masked positions return exactly 0 (even if their inputs are not finite); reduce with
-:func:`masked_mean`.
+per token, shape ``logits.shape[:-1]``. Where a ``mask`` (``[batch, length]``, or ``[batch]`` for
+whole sequences; bool or 0/1) is given, masked positions return exactly 0 (even if their inputs
+are not finite); reduce with :func:`kdjax.losses.masked_mean`. The plain per-token divergences
+are the response losses themselves: :func:`kdjax.losses.kd`, :func:`~kdjax.losses.reverse_kd`
+and :func:`~kdjax.losses.jensen_shannon` take ``[B, L, V]`` logits and a ``mask`` too.
 """
 from __future__ import annotations
 
@@ -16,160 +18,18 @@ import jax.numpy as jnp
 from kdjax.losses import _utils
 
 
-def masked_mean(values: jax.typing.ArrayLike,
-                mask: jax.typing.ArrayLike | None = None) -> jax.Array:
-  r"""Mean of ``values`` over the positions ``mask`` keeps.
-
-  .. math::
-    \frac{\sum_i m_i v_i}{\max(\sum_i m_i, 1)}
-
-  Args:
-    values: per-token values, any shape (e.g. ``[batch, length]``).
-    mask: same shape as ``values``, bool or 0/1; ``None`` keeps every position.
-
-  Returns:
-    A scalar, float32; 0 when the mask keeps nothing.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from kdjax import losses
-    >>> losses.masked_mean(jnp.array([[1.0, 3.0, 100.0]]), jnp.array([[1, 1, 0]]))
-    Array(2., dtype=float32)
-
-  Convention: a token-weighted mean (every kept token counts once, whatever its sequence).
-  """
-  (v,) = _utils.as_float(values)
-  if mask is None:
-    return jnp.mean(v)
-  m = _utils.check_mask(mask, v.shape)
-  total = jnp.sum(jnp.where(m, v, jnp.zeros((), v.dtype)))
-  count = jnp.sum(m.astype(v.dtype))
-  return total / jnp.maximum(count, 1.0)
-
-
-def _token_log_probs(student_logits, teacher_logits, temperature, mask):
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  _utils.check_temperature(temperature)
-  mask = _utils.check_mask(mask, s.shape[:-1])
-  s, t = _utils.mask_inputs(mask, s, t)
+def _skew_divergence(student_logits, teacher_logits, alpha, temperature, mask, *, reverse):
+  """``T^2 KL(p || alpha p + (1 - alpha) q)`` per position: ``p`` the teacher (student if
+  ``reverse``), ``q`` the other side; masked positions are zeroed first and return 0."""
+  _utils.check_fraction(alpha, "alpha")
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
   temp = jnp.asarray(temperature, s.dtype)
-  return _utils.log_softmax(s, temp), _utils.log_softmax(t, temp), temp, mask
-
-
-def token_kd(student_logits: jax.typing.ArrayLike,
-             teacher_logits: jax.typing.ArrayLike,
-             *,
-             temperature: jax.typing.ArrayLike = 1.0,
-             mask: jax.typing.ArrayLike | None = None) -> jax.Array:
-  r"""Per-token forward KL distillation (word-level KD).
-
-  .. math::
-    \ell_{b,l} = T^2\, \mathrm{KL}(p_t^T[b,l] \,\|\, p_s^T[b,l])
-
-  Args:
-    student_logits: student logits, shape ``[batch, length, vocab]``.
-    teacher_logits: teacher logits, same shape.
-    temperature: softmax temperature ``T > 0``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
-
-  Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from kdjax import losses
-    >>> s = jnp.zeros((1, 3, 5)); t = jnp.ones((1, 3, 5)).at[..., 0].set(4.0)
-    >>> losses.token_kd(s, t, mask=jnp.array([[1, 1, 0]]))[0, 2]
-    Array(0., dtype=float32)
-
-  References:
-    Y. Kim, A. M. Rush, "Sequence-Level Knowledge Distillation", 2016.
-
-  Convention: forward KL(teacher || student), scaled by T^2; :func:`kd` with a mask.
-  """
-  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
-                                                mask)
-  return _utils.apply_mask(temp**2 * _utils.kl_from_log_probs(log_pt, log_ps), mask)
-
-
-def token_reverse_kd(student_logits: jax.typing.ArrayLike,
-                     teacher_logits: jax.typing.ArrayLike,
-                     *,
-                     temperature: jax.typing.ArrayLike = 1.0,
-                     mask: jax.typing.ArrayLike | None = None) -> jax.Array:
-  r"""Per-token reverse KL distillation (mode-seeking).
-
-  .. math::
-    \ell_{b,l} = T^2\, \mathrm{KL}(p_s^T[b,l] \,\|\, p_t^T[b,l])
-
-  Args:
-    student_logits: student logits, shape ``[batch, length, vocab]``.
-    teacher_logits: teacher logits, same shape.
-    temperature: softmax temperature ``T > 0``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
-
-  Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from kdjax import losses
-    >>> losses.token_reverse_kd(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3, 5))).shape
-    (2, 3)
-
-  References:
-    Y. Gu, L. Dong, F. Wei, M. Huang, "MiniLLM: Knowledge Distillation of Large Language
-    Models", 2024.
-
-  Convention: reverse KL(student || teacher), scaled by T^2.
-  """
-  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
-                                                mask)
-  return _utils.apply_mask(temp**2 * _utils.kl_from_log_probs(log_ps, log_pt), mask)
-
-
-def token_jensen_shannon(student_logits: jax.typing.ArrayLike,
-                         teacher_logits: jax.typing.ArrayLike,
-                         *,
-                         temperature: jax.typing.ArrayLike = 1.0,
-                         mask: jax.typing.ArrayLike | None = None) -> jax.Array:
-  r"""Per-token Jensen-Shannon divergence.
-
-  .. math::
-    \ell_{b,l} = \frac{T^2}{2}\left(\mathrm{KL}(p_t^T \,\|\, m) + \mathrm{KL}(p_s^T \,\|\, m)
-    \right),\qquad m = \tfrac12 (p_s^T + p_t^T)
-
-  Args:
-    student_logits: student logits, shape ``[batch, length, vocab]``.
-    teacher_logits: teacher logits, same shape.
-    temperature: softmax temperature ``T > 0``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
-
-  Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from kdjax import losses
-    >>> losses.token_jensen_shannon(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3, 5))).shape
-    (2, 3)
-
-  References:
-    R. Agarwal, N. Vieillard, Y. Zhou, P. Stanczyk, S. Ramos, M. Geist, O. Bachem,
-    "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes", 2024.
-
-  Convention: symmetric, natural logarithm, scaled by T^2.
-  """
-  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
-                                                mask)
-  return _utils.apply_mask(temp**2 * _utils.js_from_log_probs(log_ps, log_pt), mask)
-
-
-def _skew(log_p, log_q, alpha):
-  """``KL(p || alpha p + (1 - alpha) q)`` over the last axis."""
+  log_p, log_q = _utils.log_softmax(t, temp), _utils.log_softmax(s, temp)
+  if reverse:
+    log_p, log_q = log_q, log_p
+  alpha = jnp.asarray(alpha, s.dtype)
   log_mix = _utils.logaddexp(jnp.log(alpha) + log_p, jnp.log1p(-alpha) + log_q)
-  return _utils.kl_from_log_probs(log_p, log_mix)
+  return _utils.apply_mask(temp**2 * _utils.kl_from_log_probs(log_p, log_mix), mask)
 
 
 def skew_kl(student_logits: jax.typing.ArrayLike,
@@ -184,17 +44,17 @@ def skew_kl(student_logits: jax.typing.ArrayLike,
     \ell_{b,l} = T^2\, \mathrm{KL}\big(p_t^T \,\|\, \alpha p_t^T + (1 - \alpha) p_s^T\big)
 
   Bounded by ``-T^2 log(alpha)``, so its gradients stay tame when the student puts almost no
-  mass where the teacher does; ``alpha = 0`` is :func:`token_kd`.
+  mass where the teacher does; ``alpha = 0`` is :func:`kdjax.losses.kd`.
 
   Args:
-    student_logits: student logits, shape ``[batch, length, vocab]``.
+    student_logits: student logits, shape ``[batch, length, vocab]`` (or ``[batch, classes]``).
     teacher_logits: teacher logits, same shape.
-    alpha: skew in ``[0, 1]``.
+    alpha: how much of the teacher is mixed into the student side, in ``[0, 1]``.
     temperature: softmax temperature ``T > 0``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+    mask: ``[batch, length]`` (or ``[batch]``) bool or 0/1; masked tokens return 0.
 
   Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
+    Per-token loss, shape ``student_logits.shape[:-1]``, float32.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -209,11 +69,8 @@ def skew_kl(student_logits: jax.typing.ArrayLike,
 
   Convention: the teacher is mixed into the student side of a forward KL; scaled by T^2.
   """
-  _utils.check_fraction(alpha, "alpha")
-  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
-                                                mask)
-  alpha = jnp.asarray(alpha, log_ps.dtype)
-  return _utils.apply_mask(temp**2 * _skew(log_pt, log_ps, alpha), mask)
+  return _skew_divergence(student_logits, teacher_logits, alpha, temperature, mask,
+                          reverse=False)
 
 
 def skew_reverse_kl(student_logits: jax.typing.ArrayLike,
@@ -227,17 +84,19 @@ def skew_reverse_kl(student_logits: jax.typing.ArrayLike,
   .. math::
     \ell_{b,l} = T^2\, \mathrm{KL}\big(p_s^T \,\|\, \alpha p_s^T + (1 - \alpha) p_t^T\big)
 
-  ``alpha = 0`` is :func:`token_reverse_kd`.
+  ``alpha = 0`` is :func:`kdjax.losses.reverse_kd`; like :func:`skew_kl` it is bounded by
+  ``-T^2 log(alpha)``.
 
   Args:
-    student_logits: student logits, shape ``[batch, length, vocab]``.
-    teacher_logits: teacher logits, same shape.
-    alpha: skew in ``[0, 1]``.
-    temperature: softmax temperature ``T > 0``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+    student_logits: the student's ``[batch, length, vocab]`` logits (any ``[..., vocab]``).
+    teacher_logits: the teacher's, shaped like the student's.
+    alpha: share of the student in the mixture it is compared with, ``0 <= alpha <= 1``.
+    temperature: ``T > 0``, dividing both sides' logits.
+    mask: bool or 0/1 flags of the real tokens, ``logits.shape[:-1]`` or ``[batch]``; padded
+      tokens give exactly 0.
 
   Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
+    One value per token, ``logits.shape[:-1]``, float32.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -246,16 +105,12 @@ def skew_reverse_kl(student_logits: jax.typing.ArrayLike,
     (2, 3)
 
   References:
-    J. Ko, S. Kim, T. Chen, S.-Y. Yun, "DistiLLM: Towards Streamlined Distillation for Large
-    Language Models", 2024.
+    The skew reverse KL of DistiLLM (Ko, Kim, Chen and Yun, ICML 2024), the mirror image of
+    :func:`skew_kl`.
 
   Convention: the student is mixed into the teacher side of a reverse KL; scaled by T^2.
   """
-  _utils.check_fraction(alpha, "alpha")
-  log_ps, log_pt, temp, mask = _token_log_probs(student_logits, teacher_logits, temperature,
-                                                mask)
-  alpha = jnp.asarray(alpha, log_ps.dtype)
-  return _utils.apply_mask(temp**2 * _skew(log_ps, log_pt, alpha), mask)
+  return _skew_divergence(student_logits, teacher_logits, alpha, temperature, mask, reverse=True)
 
 
 def topk_teacher_logits(teacher_logits: jax.typing.ArrayLike,
@@ -284,7 +139,7 @@ def topk_teacher_logits(teacher_logits: jax.typing.ArrayLike,
     >>> indices
     Array([[1, 3]], dtype=int32)
   """
-  (t,) = _utils.as_float(teacher_logits)
+  (t,) = _utils.as_float(teacher_logits, what="teacher logits")
   if t.ndim < 1:
     raise ValueError(f"teacher logits need a vocabulary axis, got shape {t.shape}")
   if not isinstance(k, numbers.Integral) or not 1 <= k <= t.shape[-1]:
@@ -332,7 +187,7 @@ def sparse_kd(student_logits: jax.typing.ArrayLike,
            + r_t (\log r_t - \log r_s)\Big),\quad
       r_t = 1 - \sum_{i \in I} q_i,\ r_s = 1 - \sum_{i \in I} p_s^T[i]
 
-  With ``k = vocab`` both modes equal :func:`token_kd`.
+  With ``k = vocab`` both modes equal :func:`kdjax.losses.kd`.
 
   Args:
     student_logits: student logits, shape ``[batch, length, vocab]``.
@@ -340,28 +195,29 @@ def sparse_kd(student_logits: jax.typing.ArrayLike,
     topk_indices: their distinct vocabulary indices, integer, shape ``[batch, length, k]``.
     temperature: softmax temperature ``T > 0``.
     mode: ``'renormalize'`` or ``'remainder'``.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+    mask: flags of the real tokens (``[batch, length]``, or ``[batch]`` per sequence), bool or
+      0/1; padding returns exactly 0.
 
   Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
+    The per-token divergence ``[batch, length]`` (float32).
 
   Examples:
     >>> import jax.numpy as jnp
     >>> from kdjax import losses
     >>> s = jnp.zeros((1, 2, 6)); t = jnp.arange(12.0).reshape(1, 2, 6)
     >>> v, i = losses.topk_teacher_logits(t, 6)
-    >>> bool(jnp.allclose(losses.sparse_kd(s, v, i), losses.token_kd(s, t)))
+    >>> bool(jnp.allclose(losses.sparse_kd(s, v, i), losses.kd(s, t)))
     True
 
   References:
     Y. Kim, A. M. Rush, "Sequence-Level Knowledge Distillation", 2016 (top-k teacher
     distributions for word-level KD).
 
-  Convention: forward KL(teacher || student), scaled by T^2 like :func:`token_kd`.
+  Convention: forward KL(teacher || student), scaled by T^2 like :func:`kdjax.losses.kd`.
   """
   if mode not in ("renormalize", "remainder"):
     raise ValueError(f"mode must be 'renormalize' or 'remainder', got {mode!r}")
-  s, v = _utils.as_float(student_logits, topk_values)
+  s, v = _utils.as_float(student_logits, topk_values, what="logits and top-k values")
   idx = jnp.asarray(topk_indices)
   if not jnp.issubdtype(idx.dtype, jnp.integer):
     raise ValueError(f"topk_indices must be integer vocabulary indices, got dtype {idx.dtype}")
@@ -375,8 +231,9 @@ def sparse_kd(student_logits: jax.typing.ArrayLike,
   if not 1 <= k <= vocab:
     raise ValueError(f"the teacher gives k={k} entries but the student's vocabulary has {vocab}; "
                      "give both models the same vocabulary")
+  _utils.check_not_empty(s.shape[:-1])
   _utils.check_temperature(temperature)
-  mask = _utils.check_mask(mask, s.shape[:-1])
+  mask = _utils.check_mask(mask, s.shape[:-1], "the per-token loss (logits.shape[:-1])")
   idx = idx.astype(jnp.int32)
   s, v = _utils.mask_inputs(mask, s, v)
   temp = jnp.asarray(temperature, s.dtype)
@@ -410,13 +267,14 @@ def hidden_mse(student_hidden: jax.typing.ArrayLike,
     \ell_{b,l} = \frac1D \sum_d (h_s[b,l,d] - h_t[b,l,d])^2
 
   Args:
-    student_hidden: student hidden states, shape ``[batch, length, D]`` (projected onto the
-      teacher's width by an adapter if the widths differ).
-    teacher_hidden: teacher hidden states, same shape.
-    mask: ``[batch, length]`` bool or 0/1; masked tokens return 0.
+    student_hidden: the student's hidden states ``[batch, length, D]``, already projected onto
+      the teacher's width by an adapter when the widths differ.
+    teacher_hidden: the teacher's, shaped like the student's.
+    mask: bool or 0/1 per token (``[batch, length]``) or per sequence (``[batch]``); padded
+      tokens give exactly 0.
 
   Returns:
-    Per-token loss, shape ``[batch, length]``, float32.
+    One value per token, ``[batch, length]``, float32.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -429,34 +287,36 @@ def hidden_mse(student_hidden: jax.typing.ArrayLike,
 
   Convention: mean (not sum) over the hidden features.
   """
-  s, t = _utils.as_float(student_hidden, teacher_hidden)
-  if s.shape != t.shape:
-    raise ValueError(f"student hidden states have shape {s.shape} but teacher hidden states have "
-                     f"{t.shape}; project the student onto the teacher's width with an adapter "
-                     "(TinyBERT's W_h), e.g. objectives.feature_mse(..., adapter='linear')")
-  if s.ndim < 1:
-    raise ValueError(f"hidden states need a feature axis, got shape {s.shape}")
-  mask = _utils.check_mask(mask, s.shape[:-1])
+  s, t = _utils.as_float(student_hidden, teacher_hidden, what="hidden states")
+  if s.ndim < 1 or s.shape != t.shape:
+    raise ValueError(f"hidden states must share one [batch, length, D] shape, got student "
+                     f"{s.shape} and teacher {t.shape}; project the student onto the teacher's "
+                     "width with an adapter (TinyBERT's W_h), e.g. "
+                     "objectives.feature_mse(..., adapter='linear')")
+  _utils.check_not_empty(s.shape[:-1], "hidden states")
+  mask = _utils.check_mask(mask, s.shape[:-1], "the per-token loss (hidden.shape[:-1])")
   s, t = _utils.mask_inputs(mask, s, t)
   return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=-1), mask)
 
 
-def _check_attention(s: jax.Array, t: jax.Array, what: str) -> None:
+def _attention_pair(student, teacher, mask, what: str):
+  """Checked float ``[B, H, Lq, Lk]`` maps with masked queries zeroed before any math (see
+  ``mask_inputs``), and the ``[B, Lq]`` bool mask."""
+  s, t = _utils.as_float(student, teacher, what=what)
   if s.ndim != 4:
     raise ValueError(f"{what} must have shape [batch, heads, query_length, key_length], got "
                      f"{s.shape}")
   if s.shape != t.shape:
     raise ValueError(f"student {what} have shape {s.shape} but teacher {what} have {t.shape}; "
                      "match layers with the same number of heads and the same sequences")
-
-
-def _mask_queries(mask, s, t):
-  """Zeroes masked queries of ``[B, H, Lq, Lk]`` inputs before any math (see ``mask_inputs``)."""
+  _utils.check_not_empty((s.shape[0], s.shape[2]), what)
+  mask = _utils.check_mask(mask, (s.shape[0], s.shape[2]),
+                           "the per-query loss ([batch, query_length])")
   if mask is None:
-    return s, t
+    return s, t, mask
   m = mask[:, None, :, None]
   zero = jnp.zeros((), s.dtype)
-  return jnp.where(m, s, zero), jnp.where(m, t, zero)
+  return jnp.where(m, s, zero), jnp.where(m, t, zero), mask
 
 
 def attention_kl(student_attn_probs: jax.typing.ArrayLike,
@@ -493,10 +353,8 @@ def attention_kl(student_attn_probs: jax.typing.ArrayLike,
 
   Convention: forward KL(teacher || student) over the keys, mean over the heads.
   """
-  s, t = _utils.as_float(student_attn_probs, teacher_attn_probs)
-  _check_attention(s, t, "attention probabilities")
-  mask = _utils.check_mask(mask, (s.shape[0], s.shape[2]))
-  s, t = _mask_queries(mask, s, t)
+  s, t, mask = _attention_pair(student_attn_probs, teacher_attn_probs, mask,
+                               "attention probabilities")
   tiny = jnp.finfo(s.dtype).tiny
   positive = t > 0
   log_t = jnp.log(jnp.where(positive, t, jnp.ones((), t.dtype)))
@@ -518,10 +376,10 @@ def attention_mse(student_attn: jax.typing.ArrayLike,
       key_length]``. Masked keys must hold finite values (e.g. the scores before the additive
       mask, or 0), since ``-inf - -inf`` is undefined.
     teacher_attn: teacher attention scores, same shape.
-    mask: ``[batch, query_length]`` bool or 0/1; masked queries return 0.
+    mask: ``[batch, query_length]`` (or ``[batch]``) bool or 0/1; padded queries return 0.
 
   Returns:
-    Per-query loss, shape ``[batch, query_length]``, float32.
+    Per-query loss ``[batch, query_length]``, float32.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -534,8 +392,5 @@ def attention_mse(student_attn: jax.typing.ArrayLike,
 
   Convention: TinyBERT matches the unnormalised attention scores; mean over heads and keys.
   """
-  s, t = _utils.as_float(student_attn, teacher_attn)
-  _check_attention(s, t, "attention scores")
-  mask = _utils.check_mask(mask, (s.shape[0], s.shape[2]))
-  s, t = _mask_queries(mask, s, t)
+  s, t, mask = _attention_pair(student_attn, teacher_attn, mask, "attention scores")
   return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=(1, 3)), mask)

@@ -1,4 +1,11 @@
-"""Response-based losses: the student matches the teacher's logits or class distribution."""
+"""Response-based losses: the student matches the teacher's logits or class distribution.
+
+Every per-example loss here serves ``[B, C]`` classification logits and ``[B, L, V]`` token logits
+alike (any ``[..., C]``) and takes an optional ``mask`` of shape ``logits.shape[:-1]`` (or
+``[B]``, one flag per sequence): masked positions are zeroed before any math and return exactly 0,
+so padding holding NaN or inf reaches neither the loss nor its gradient. Reduce with
+:func:`kdjax.losses.masked_mean`.
+"""
 from __future__ import annotations
 
 import jax
@@ -10,7 +17,8 @@ from kdjax.losses import _utils
 def kd(student_logits: jax.typing.ArrayLike,
        teacher_logits: jax.typing.ArrayLike,
        *,
-       temperature: jax.typing.ArrayLike = 1.0) -> jax.Array:
+       temperature: jax.typing.ArrayLike = 1.0,
+       mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Knowledge-distillation loss: the temperature-scaled KL from teacher to student.
 
   .. math::
@@ -22,9 +30,11 @@ def kd(student_logits: jax.typing.ArrayLike,
     student_logits: student logits, shape ``[..., num_classes]``, any float dtype.
     teacher_logits: teacher logits, same shape as ``student_logits``.
     temperature: softmax temperature ``T > 0`` (a scalar; may be traced, e.g. scheduled).
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
-    Per-example loss, shape ``student_logits.shape[:-1]``, float32.
+    Per-example (per-token) loss, shape ``student_logits.shape[:-1]``, float32.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -39,18 +49,17 @@ def kd(student_logits: jax.typing.ArrayLike,
   Convention: forward KL(teacher || student), multiplied by T^2 so that the gradient with
   respect to the student logits, ``T (p_s^T - p_t^T)``, keeps its scale as T changes.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  _utils.check_temperature(temperature)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
   temp = jnp.asarray(temperature, s.dtype)
   kl = _utils.kl_from_log_probs(_utils.log_softmax(t, temp), _utils.log_softmax(s, temp))
-  return temp**2 * kl
+  return _utils.apply_mask(temp**2 * kl, mask)
 
 
 def soft_cross_entropy(student_logits: jax.typing.ArrayLike,
                        teacher_logits: jax.typing.ArrayLike,
                        *,
-                       temperature: jax.typing.ArrayLike = 1.0) -> jax.Array:
+                       temperature: jax.typing.ArrayLike = 1.0,
+                       mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Cross-entropy of the student against the teacher's soft targets.
 
   .. math::
@@ -63,6 +72,8 @@ def soft_cross_entropy(student_logits: jax.typing.ArrayLike,
     student_logits: student logits, shape ``[..., num_classes]``.
     teacher_logits: teacher logits, same shape.
     temperature: softmax temperature ``T > 0``.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``student_logits.shape[:-1]``, float32.
@@ -79,21 +90,20 @@ def soft_cross_entropy(student_logits: jax.typing.ArrayLike,
 
   Convention: teacher probabilities are the targets; scaled by T^2 like :func:`kd`.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  _utils.check_temperature(temperature)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
   temp = jnp.asarray(temperature, s.dtype)
   log_ps = _utils.log_softmax(s, temp)
   p_t = jnp.exp(_utils.log_softmax(t, temp))
   # Zero teacher probability contributes 0 even where the student's log-probability is -inf.
   terms = jnp.where(p_t > 0, log_ps, jnp.zeros((), s.dtype))
-  return -(temp**2) * jnp.sum(p_t * terms, axis=-1)
+  return _utils.apply_mask(-(temp**2) * jnp.sum(p_t * terms, axis=-1), mask)
 
 
 def reverse_kd(student_logits: jax.typing.ArrayLike,
                teacher_logits: jax.typing.ArrayLike,
                *,
-               temperature: jax.typing.ArrayLike = 1.0) -> jax.Array:
+               temperature: jax.typing.ArrayLike = 1.0,
+               mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Reverse KL distillation loss: mode-seeking, student to teacher.
 
   .. math::
@@ -103,6 +113,8 @@ def reverse_kd(student_logits: jax.typing.ArrayLike,
     student_logits: student logits, shape ``[..., num_classes]``.
     teacher_logits: teacher logits, same shape.
     temperature: softmax temperature ``T > 0``.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``student_logits.shape[:-1]``, float32.
@@ -119,18 +131,17 @@ def reverse_kd(student_logits: jax.typing.ArrayLike,
 
   Convention: reverse KL(student || teacher), scaled by T^2 like :func:`kd`.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  _utils.check_temperature(temperature)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
   temp = jnp.asarray(temperature, s.dtype)
   kl = _utils.kl_from_log_probs(_utils.log_softmax(s, temp), _utils.log_softmax(t, temp))
-  return temp**2 * kl
+  return _utils.apply_mask(temp**2 * kl, mask)
 
 
 def jensen_shannon(student_logits: jax.typing.ArrayLike,
                    teacher_logits: jax.typing.ArrayLike,
                    *,
-                   temperature: jax.typing.ArrayLike = 1.0) -> jax.Array:
+                   temperature: jax.typing.ArrayLike = 1.0,
+                   mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Jensen-Shannon divergence between the student's and teacher's distributions.
 
   .. math::
@@ -143,6 +154,8 @@ def jensen_shannon(student_logits: jax.typing.ArrayLike,
     student_logits: student logits, shape ``[..., num_classes]``.
     teacher_logits: teacher logits, same shape.
     temperature: softmax temperature ``T > 0``.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``student_logits.shape[:-1]``, float32.
@@ -159,16 +172,16 @@ def jensen_shannon(student_logits: jax.typing.ArrayLike,
 
   Convention: natural logarithm, scaled by T^2 like :func:`kd`.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  _utils.check_temperature(temperature)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
   temp = jnp.asarray(temperature, s.dtype)
   log_ps, log_pt = _utils.log_softmax(s, temp), _utils.log_softmax(t, temp)
-  return temp**2 * _utils.js_from_log_probs(log_ps, log_pt)
+  return _utils.apply_mask(temp**2 * _utils.js_from_log_probs(log_ps, log_pt), mask)
 
 
 def logit_mse(student_logits: jax.typing.ArrayLike,
-              teacher_logits: jax.typing.ArrayLike) -> jax.Array:
+              teacher_logits: jax.typing.ArrayLike,
+              *,
+              mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Mean squared error between logits.
 
   .. math::
@@ -177,6 +190,8 @@ def logit_mse(student_logits: jax.typing.ArrayLike,
   Args:
     student_logits: student logits, shape ``[..., num_classes]``.
     teacher_logits: teacher logits, same shape.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``student_logits.shape[:-1]``, float32.
@@ -192,9 +207,8 @@ def logit_mse(student_logits: jax.typing.ArrayLike,
 
   Convention: mean (not sum) over classes; no temperature.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  return jnp.mean(jnp.square(s - t), axis=-1)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask)
+  return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=-1), mask)
 
 
 def dkd(student_logits: jax.typing.ArrayLike,
@@ -203,7 +217,8 @@ def dkd(student_logits: jax.typing.ArrayLike,
         *,
         alpha: jax.typing.ArrayLike = 1.0,
         beta: jax.typing.ArrayLike = 8.0,
-        temperature: jax.typing.ArrayLike = 4.0) -> jax.Array:
+        temperature: jax.typing.ArrayLike = 4.0,
+        mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Decoupled knowledge distillation: target-class and non-target-class KD, weighted apart.
 
   .. math::
@@ -221,10 +236,12 @@ def dkd(student_logits: jax.typing.ArrayLike,
     student_logits: student logits, shape ``[..., num_classes]`` with ``num_classes >= 2``.
     teacher_logits: teacher logits, same shape.
     labels: integer ground-truth classes, shape ``student_logits.shape[:-1]``, values in
-      ``[0, num_classes)`` (not checked inside jit).
+      ``[0, num_classes)`` (not checked inside jit; any integer at masked positions).
     alpha: weight of the target-class term (TCKD).
     beta: weight of the non-target-class term (NCKD).
     temperature: softmax temperature ``T > 0``.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``student_logits.shape[:-1]``, float32.
@@ -242,14 +259,12 @@ def dkd(student_logits: jax.typing.ArrayLike,
   Convention: both terms are forward KL(teacher || student) and both are scaled by T^2; the
   usual warm-up of the whole term is a weight schedule in ``kdjax.objectives``, not here.
   """
-  s, t = _utils.as_float(student_logits, teacher_logits)
-  _utils.check_logits_pair(s, t)
-  labels = _utils.check_labels(jnp.asarray(labels), s)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
+  labels = _mask_labels(_utils.check_labels(jnp.asarray(labels), s), mask)
   num_classes = s.shape[-1]
   if num_classes < 2:
     raise ValueError(f"dkd needs at least 2 classes (a target and a non-target), got "
                      f"{num_classes}")
-  _utils.check_temperature(temperature)
   temp = jnp.asarray(temperature, s.dtype)
 
   # Indices of the C-1 non-target classes of each example: 0..C-2, shifted past the label.
@@ -272,7 +287,12 @@ def dkd(student_logits: jax.typing.ArrayLike,
   nckd = _utils.kl_from_log_probs(t_other, s_other)
   alpha = jnp.asarray(alpha, s.dtype)
   beta = jnp.asarray(beta, s.dtype)
-  return temp**2 * (alpha * tckd + beta * nckd)
+  return _utils.apply_mask(temp**2 * (alpha * tckd + beta * nckd), mask)
+
+
+def _mask_labels(labels: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Class 0 at masked positions, so padding labels (e.g. -1) never index out of range."""
+  return labels if mask is None else jnp.where(mask, labels, jnp.zeros((), labels.dtype))
 
 
 def dist(student_logits: jax.typing.ArrayLike,
@@ -314,7 +334,8 @@ def dist(student_logits: jax.typing.ArrayLike,
     Teacher", 2022.
 
   Convention: batch-level (returns a scalar); scaled by T^2. The intra-class term needs a batch
-  of at least 2 to be informative (with B = 1 it is the constant ``gamma T^2``).
+  of at least 2 to be informative (with B = 1 it is the constant ``gamma T^2``). It takes no
+  mask: select the real examples before calling it.
   """
   s, t = _utils.as_float(student_logits, teacher_logits)
   _utils.check_logits_pair(s, t)
@@ -337,16 +358,20 @@ def _pearson(a: jax.Array, b: jax.Array, axis: int) -> jax.Array:
 
 def standardize_logits(logits: jax.typing.ArrayLike,
                        *,
-                       eps: jax.typing.ArrayLike = 1e-7) -> jax.Array:
+                       eps: jax.typing.ArrayLike = 1e-7,
+                       ddof: int = 1) -> jax.Array:
   r"""Z-scores logits along the class axis, to use before any response loss.
 
   .. math::
     \tilde z = \frac{z - \bar z}{\sigma(z) + \epsilon},\qquad
-    \sigma(z) = \sqrt{\tfrac1C \textstyle\sum_c (z_c - \bar z)^2}
+    \sigma(z) = \sqrt{\tfrac{1}{C - \mathrm{ddof}} \textstyle\sum_c (z_c - \bar z)^2}
 
   Args:
-    logits: logits, shape ``[..., num_classes]``.
-    eps: added to the standard deviation; keeps constant logits finite (they map to 0).
+    logits: logits, shape ``[..., num_classes]`` (at least 2 classes when ``ddof=1``).
+    eps: added to the standard deviation (not to the variance); keeps constant logits finite
+      (they map to 0).
+    ddof: ``1`` (the default) for the sample standard deviation, as the official code's
+      ``logit.std(dim=-1)``; ``0`` for the population one (divides by ``C``).
 
   Returns:
     Standardized logits, same shape as ``logits``, float32.
@@ -354,29 +379,39 @@ def standardize_logits(logits: jax.typing.ArrayLike,
   Examples:
     >>> import jax.numpy as jnp
     >>> from kdjax import losses
-    >>> losses.standardize_logits(jnp.array([[1.0, 3.0]]))
+    >>> losses.standardize_logits(jnp.array([[1.0, 3.0]]), ddof=0)
     Array([[-0.9999999,  0.9999999]], dtype=float32)
 
   References:
     S. Sun, W. Ren, J. Li, R. Wang, X. Cao, "Logit Standardization in Knowledge
-    Distillation", 2024.
+    Distillation", CVPR 2024. Checked against the authors' code
+    (sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py``, ``normalize``):
+    ``(z - mean) / (1e-7 + std)`` with PyTorch's default (sample) ``std``.
 
-  Convention: population standard deviation (divides by C, not C - 1). Standardize both the
-  student's and the teacher's logits, then call e.g. :func:`kd` with the usual temperature.
+  Convention: sample standard deviation (``C - 1``) by default, with ``eps`` added to it, as
+  the official code; the two differ by a factor ``sqrt(C / (C - 1))`` (0.5% at 100 classes).
+  Standardize both the student's and the teacher's logits, then call e.g. :func:`kd`.
   """
   (z,) = _utils.as_float(logits)
   if z.ndim < 1:
     raise ValueError(f"logits need a class axis, got shape {z.shape}")
+  if ddof not in (0, 1):
+    raise ValueError(f"ddof must be 1 (sample std, the paper's code) or 0 (population std), "
+                     f"got {ddof}")
+  if z.shape[-1] - ddof < 1:
+    raise ValueError(f"the sample standard deviation needs at least 2 classes, got "
+                     f"{z.shape[-1]}; pass ddof=0 for a single class")
   z = z - jnp.mean(z, axis=-1, keepdims=True)
   std = _utils.safe_norm(z, axis=-1, keepdims=True) / jnp.sqrt(
-      jnp.asarray(z.shape[-1], z.dtype))
+      jnp.asarray(z.shape[-1] - ddof, z.dtype))
   return z / (std + jnp.asarray(eps, z.dtype))
 
 
 def cross_entropy(logits: jax.typing.ArrayLike,
                   labels: jax.typing.ArrayLike,
                   *,
-                  label_smoothing: jax.typing.ArrayLike = 0.0) -> jax.Array:
+                  label_smoothing: jax.typing.ArrayLike = 0.0,
+                  mask: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Hard-label softmax cross-entropy with integer labels, optionally label-smoothed.
 
   .. math::
@@ -385,8 +420,11 @@ def cross_entropy(logits: jax.typing.ArrayLike,
 
   Args:
     logits: logits, shape ``[..., num_classes]``.
-    labels: integer classes, shape ``logits.shape[:-1]``.
+    labels: integer classes, shape ``logits.shape[:-1]`` (any integer at masked positions, e.g.
+      ``-1`` padding targets).
     label_smoothing: ``epsilon`` in ``[0, 1]``.
+    mask: optional ``logits.shape[:-1]`` (``[B]`` or ``[B, L]``) bool or 0/1; masked
+      positions return exactly 0, even where their logits are not finite.
 
   Returns:
     Per-example loss, shape ``logits.shape[:-1]``, float32.
@@ -403,15 +441,19 @@ def cross_entropy(logits: jax.typing.ArrayLike,
 
   Convention: the supervised term of a distillation objective; no temperature.
   """
-  (z,) = _utils.as_float(logits)
+  (z,) = _utils.as_float(logits, what="logits")
   if z.ndim < 1:
     raise ValueError(f"logits need a class axis, got shape {z.shape}")
+  _utils.check_not_empty(z.shape[:-1])
   labels = _utils.check_labels(jnp.asarray(labels), z)
   _utils.check_fraction(label_smoothing, "label_smoothing")
+  mask = _utils.check_mask(mask, z.shape[:-1], "the per-example loss (logits.shape[:-1])")
+  (z,) = _utils.mask_inputs(mask, z)
+  labels = _mask_labels(labels, mask)
   log_p = jax.nn.log_softmax(z, axis=-1)
   nll = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
   if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
-    return nll  # Skips the smoothing term, which is inf for a -inf (masked) logit.
+    return _utils.apply_mask(nll, mask)  # No smoothing term: it is inf for a -inf logit.
   smooth = -jnp.mean(log_p, axis=-1)
   eps = jnp.asarray(label_smoothing, z.dtype)
-  return (1.0 - eps) * nll + eps * smooth
+  return _utils.apply_mask((1.0 - eps) * nll + eps * smooth, mask)

@@ -11,6 +11,7 @@ from kdjax.models._create import available_models
 from kdjax.models._create import create
 from kdjax.models._create import get_model
 from kdjax.models._create import param_count
+from kdjax.models._io import load_variables
 from kdjax.models._linen import from_linen
 from kdjax.models._nnx import from_nnx
 from kdjax.models import zoo

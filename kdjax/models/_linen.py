@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 
 from kdjax.models import _taps
-from kdjax.models._base import Model, Outputs, PyTree
+from kdjax.models._base import Model, PyTree
 
 _INTERMEDIATES = "intermediates"
 
@@ -85,29 +85,9 @@ def from_linen(module: nn.Module, variables: Mapping[str, PyTree], *, taps: Sequ
     new_state = {**model_state, **updates} if train else model_state
     return logits, captured, new_state
 
-  def apply(params, model_state, inputs, *, train: bool, rng: jax.Array | None = None):
-    logits, captured, new_state = run(params, model_state, inputs, train, rng,
-                                      capture_filter if taps else False)
-    features = {tap: _taps.lookup(captured, tap) for tap in taps}
-    missing = [tap for tap, value in features.items() if value is None]
-    if missing:
-      raise _taps.unknown_taps_error(missing, discover(params, model_state, inputs), label)
-    return Outputs(logits=logits, features=features), new_state
-
-  def discover(params, model_state, inputs) -> list[str]:
-    """Every tappable path, from a shape-only call that captures all module outputs."""
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            (params, model_state, inputs))
-    _, captured, _ = jax.eval_shape(lambda p, s, x: run(p, s, x, False, None, True), *abstract)
-    return _taps.available(captured)
-
-  if taps and example_input is not None:
-    paths = discover(params, model_state, example_input)
-    unknown = [tap for tap in taps if tap not in paths]
-    if unknown:
-      raise _taps.unknown_taps_error(unknown, paths, label)
-
-  return Model(apply=apply, params=params, model_state=model_state, taps=taps, name=name)
+  return _taps.tapped_model(run, params=params, model_state=model_state, taps=taps,
+                            capture=capture_filter, label=label, name=name,
+                            example_input=example_input)
 
 
 def _mode_kwarg(module: nn.Module, method) -> str | None:

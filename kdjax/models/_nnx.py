@@ -8,7 +8,7 @@ import jax
 from flax import nnx
 
 from kdjax.models import _taps
-from kdjax.models._base import Model, Outputs, PyTree
+from kdjax.models._base import Model, PyTree
 
 # Captured values: never part of the returned state.
 _CAPTURED = (nnx.Intermediate, nnx.Perturbation)
@@ -89,30 +89,9 @@ def from_nnx(model: nnx.Module, *, taps: Sequence[str] = (), name: str = "",
       new_state = _pure(new_other)
     return logits, nnx.to_pure_dict(captured), new_state
 
-  def apply(params, model_state, inputs, *, train: bool, rng: jax.Array | None = None):
-    logits, captured, new_state = run(params, model_state, inputs, train, rng, bool(taps))
-    features = {tap: _taps.lookup(captured, tap) for tap in taps}
-    missing = [tap for tap, value in features.items() if value is None]
-    if missing:
-      raise _taps.unknown_taps_error(missing, discover(params, model_state, inputs), label)
-    return Outputs(logits=logits, features=features), new_state
-
-  def discover(params, model_state, inputs) -> list[str]:
-    """Every tappable path, from a shape-only call that captures all module outputs."""
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            (params, model_state, inputs))
-    _, captured, _ = jax.eval_shape(lambda p, s, x: run(p, s, x, False, None, True), *abstract)
-    return _taps.available(captured)
-
-  params = _pure(param_state)
-  model_state = _pure(other_state)
-  if taps and example_input is not None:
-    paths = discover(params, model_state, example_input)
-    unknown = [tap for tap in taps if tap not in paths]
-    if unknown:
-      raise _taps.unknown_taps_error(unknown, paths, label)
-
-  return Model(apply=apply, params=params, model_state=model_state, taps=taps, name=name)
+  return _taps.tapped_model(run, params=_pure(param_state), model_state=_pure(other_state),
+                            taps=taps, capture=True, label=label, name=name,
+                            example_input=example_input)
 
 
 def _call_parameters(model: nnx.Module):

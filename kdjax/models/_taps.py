@@ -1,4 +1,5 @@
-"""Tap paths: naming, validation, and lookup in a tree of captured intermediates.
+"""Tap paths: naming, validation, lookup in a tree of captured intermediates, and the ``apply``
+that both module adapters build on them.
 
 Both Linen (``capture_intermediates`` + ``sow``) and NNX (``nnx.capture``) return the captured
 values as a nested mapping keyed by module path: a module's own output sits under its method's
@@ -8,7 +9,11 @@ entry per call. A tap is the ``/``-joined path: ``'stage3'`` (a module's ``__cal
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+
+from kdjax.models._base import Model, Outputs, PyTree
 
 CALL = "__call__"
 
@@ -68,3 +73,39 @@ def unknown_taps_error(unknown: Sequence[str], paths: Sequence[str], model: str)
   shown = ", ".join(paths) if paths else "(none)"
   return ValueError(f"{model} has no tap {', '.join(repr(t) for t in unknown)}; "
                     f"available taps: {shown}")
+
+
+def tapped_model(run: Callable[..., tuple[Any, Mapping[Any, Any], PyTree]], *, params: PyTree,
+                 model_state: PyTree, taps: tuple[str, ...], capture: Any, label: str,
+                 name: str, example_input: Any = None) -> Model:
+  """A :class:`Model` whose ``apply`` reads its features from a captured tree.
+
+  ``run(params, model_state, inputs, train, rng, capture) -> (logits, captured, new_state)`` is
+  the framework's forward pass: ``capture`` is what ``apply`` passes when there are taps
+  (``False`` without), ``True`` asks for every module output (used to list the available paths
+  when a tap is missing). With ``example_input``, the taps are checked now by a shape-only call.
+  """
+
+  def apply(params, model_state, inputs, *, train: bool, rng: jax.Array | None = None):
+    logits, captured, new_state = run(params, model_state, inputs, train, rng,
+                                      capture if taps else False)
+    features = {tap: lookup(captured, tap) for tap in taps}
+    missing = [tap for tap, value in features.items() if value is None]
+    if missing:
+      raise unknown_taps_error(missing, discover(params, model_state, inputs), label)
+    return Outputs(logits=logits, features=features), new_state
+
+  def discover(params, model_state, inputs) -> list[str]:
+    """Every tappable path, from a shape-only call that captures all module outputs."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            (params, model_state, inputs))
+    _, captured, _ = jax.eval_shape(lambda p, s, x: run(p, s, x, False, None, True), *abstract)
+    return available(captured)
+
+  if taps and example_input is not None:
+    paths = discover(params, model_state, example_input)
+    unknown = [tap for tap in taps if tap not in paths]
+    if unknown:
+      raise unknown_taps_error(unknown, paths, label)
+
+  return Model(apply=apply, params=params, model_state=model_state, taps=taps, name=name)

@@ -297,7 +297,7 @@ def dense_head_from_model(teacher_model, path: str = "head") -> Callable[[jax.Ar
       kernel.shape[-1], np.float32)
 
   def apply_head(x):
-    return x.astype(jnp.float32) @ kernel + bias
+    return x.astype(jnp.float32) @ kernel + bias[None, :]
 
   return apply_head
 

@@ -126,11 +126,10 @@ def from_loss(loss_fn: Callable[..., jax.Array],
       mask = batch.get(mask_key)
     parts = []  # One loss per student/teacher pair, summed.
     for i in range(len(s)):
-      s_i, t_i = _zero_padding(mask, [s[i], s[i] if t is None else t[i]])
+      args = _zero_padding(mask, [s[i]] if t is None else [s[i], t[i]])
       if adapter is not None:
-        proj = _adapters.make_projector(adapter, t_i.shape[-1], adapter_hidden)
-        s_i = proj.apply({"params": params[f"adapter_{i}"]}, s_i)
-      args = [s_i] if t is None else [s_i, t_i]
+        proj = _adapters.make_projector(adapter, args[1].shape[-1], adapter_hidden)
+        args[0] = proj.apply({"params": params[f"adapter_{i}"]}, args[0])
       if batch_level:
         args = [gather_batch(a, axis_name) for a in args]
         if labels:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.objectives import Term, gather_batch, masked_mean, select
 from kdjax.objectives._base import Needs, taps_of
@@ -19,6 +20,8 @@ from kdjax.losses._utils import as_float
 
 Key = str | Callable[[Any], jax.Array]
 CONTRASTS = ("nce", "softmax")
+NEGATIVES = ("uniform", "other_class")
+REJECTION_ROUNDS = 8  # redraws of same-class negatives when the labels are learned online
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -87,7 +90,8 @@ def _log_mean_exp(x: jax.Array, axis_name: str | None) -> jax.Array:
 def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
         nce_temperature: float = 0.07, momentum: float = 0.5, student: Key = "pre_logits",
         teacher: Key = "pre_logits", contrast: str = "nce", bank_dtype: Any = jnp.float32,
-        index_key: str = "index", mask_key: str | None = "mask") -> Term:
+        index_key: str = "index", mask_key: str | None = "mask", negatives: str = "uniform",
+        labels: Any = None, label_key: str = "label") -> Term:
   r"""Contrastive representation distillation (Tian et al. 2020) with two memory banks.
 
   Student and teacher features are flattened and mapped by trainable linear embeddings to
@@ -95,8 +99,10 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
   ``params['embed_teacher']``). Two memory banks :math:`M_s, M_t \in \mathbb{R}^{N \times d}`
   (``state['memory_student']``, ``state['memory_teacher']``) hold one embedding per training
   example, addressed by the dataset index ``batch[index_key]``. For each example the positive is
-  its own row and ``K`` negatives are rows drawn uniformly from the other ``N - 1`` examples with
-  a key derived from ``(state['key'], step)``. The student embedding is contrasted against the
+  its own row and ``K`` negatives are rows drawn, with a key derived from ``(state['key'], step)``,
+  uniformly from the other ``N - 1`` examples (``negatives='uniform'``) or from the examples of
+  other classes (``negatives='other_class'``, the reference's CIFAR-100 protocol: RepDistiller's
+  ``CIFAR100InstanceSample`` with ``mode='exact'``, 16384 negatives, with replacement). The student embedding is contrasted against the
   teacher bank and the teacher embedding against the student bank:
 
   .. math::
@@ -129,6 +135,15 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
     index_key: the batch entry holding each example's dataset index.
     mask_key: the batch entry marking real examples; padded ones neither count in the loss nor
       update the banks.
+    negatives: ``'uniform'`` or ``'other_class'``.
+    labels: for ``'other_class'``, the class of every training example by dataset index
+      (``[N]`` integers): negatives are then drawn exactly from the other classes. Without it the
+      term learns the labels as it sees them (``state['labels']``, -1 until an example has been
+      in a batch, from ``batch[label_key]``) and redraws a negative of the anchor's class up to
+      8 times; from the second epoch on every label is known and a same-class negative survives
+      with probability ``(n_c / N)^9`` (1e-18 on CIFAR-100). During the first epoch examples not
+      yet seen count as other-class.
+    label_key: the batch entry holding integer labels (``'other_class'`` without ``labels``).
 
   Returns:
     A term; its metrics hold ``student_loss`` and ``teacher_loss`` (the two directions).
@@ -148,6 +163,12 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
     raise ValueError(f"nce_temperature must be > 0, got {nce_temperature}")
   if contrast not in CONTRASTS:
     raise ValueError(f"contrast={contrast!r} is not one of {CONTRASTS}")
+  if negatives not in NEGATIVES:
+    raise ValueError(f"negatives={negatives!r} is not one of {NEGATIVES}")
+  sampler = None
+  if negatives == "other_class" and labels is not None:
+    sampler = _OtherClassSampler(labels, num_data)
+  learn_labels = negatives == "other_class" and labels is None
   projector = _adapters.make_projector("linear", feat_dim)
   inv_tau = 1.0 / float(nce_temperature)
   log_n = math.log(num_data)
@@ -171,6 +192,8 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
 
     state = {"memory_student": bank(k_ms), "memory_teacher": bank(k_mt),
              "key": _key_data(k_neg)}
+    if learn_labels:
+      state["labels"] = jnp.full((num_data,), -1, jnp.int32)
     if contrast == "nce":
       state["log_z"] = jnp.zeros((2,), jnp.float32)
       state["z_ready"] = jnp.zeros((), jnp.bool_)
@@ -190,8 +213,24 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
 
     # Negatives for the global batch, then this device's rows: jit and pmap draw the same.
     key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
-    neg = jax.random.randint(key, (idx_all.shape[0], k), 0, num_data - 1, jnp.int32)
-    neg = neg + (neg >= idx_all[:, None]).astype(jnp.int32)  # skips the positive
+    new_state = dict(state)
+    if sampler is not None:
+      neg = sampler.draw(key, idx_all, k)
+    else:
+      neg = _uniform_negatives(key, idx_all, k, num_data)
+    if learn_labels:
+      if label_key not in batch:
+        raise ValueError(f"crd(negatives='other_class') without labels= learns each example's "
+                         f"class from batch[{label_key!r}], which the batch lacks (it has "
+                         f"{sorted(batch)}); pass labels=(the training labels) or label_key=...")
+      y_all = gather_batch(batch[label_key].astype(jnp.int32), axis_name)
+      write = gather_batch(_write_indices(idx, batch, mask_key, num_data), axis_name)
+      bank_labels = state["labels"].at[write].set(y_all, mode="drop")
+      new_state["labels"] = bank_labels
+      for r in range(REJECTION_ROUNDS):
+        same = jnp.take(bank_labels, neg, axis=0) == y_all[:, None]
+        redraw = _uniform_negatives(jax.random.fold_in(key, r + 1), idx_all, k, num_data)
+        neg = jnp.where(same, redraw, neg)
     if axis_name is not None:
       start = jax.lax.axis_index(axis_name) * local_b
       neg = jax.lax.dynamic_slice_in_dim(neg, start, local_b, axis=0)
@@ -203,7 +242,6 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
 
     s_scores = scores(state["memory_teacher"], v_s)  # student vs teacher memory
     t_scores = scores(state["memory_student"], v_t)  # teacher vs student memory
-    new_state = dict(state)
     if contrast == "nce":
       estimate = jnp.stack([_log_mean_exp(s_scores, axis_name),
                             _log_mean_exp(t_scores, axis_name)]) + jnp.float32(log_n)
@@ -219,14 +257,59 @@ def crd(*, num_data: int, feat_dim: int = 128, num_negatives: int = 4096,
     t_loss = masked_mean(t_loss, batch, mask_key)
 
     # Memory update over the global batch; padded examples write nowhere (index N is dropped).
-    write_idx = idx
-    mask = batch.get(mask_key) if mask_key else None
-    if mask is not None and mask.shape == idx.shape:
-      write_idx = jnp.where(mask.astype(jnp.bool_), idx, jnp.int32(num_data))
-    write_idx = gather_batch(write_idx, axis_name)
+    write_idx = gather_batch(_write_indices(idx, batch, mask_key, num_data), axis_name)
     for bank_key, v in (("memory_student", v_s), ("memory_teacher", v_t)):
       v_all = gather_batch(jax.lax.stop_gradient(v), axis_name)
       new_state[bank_key] = momentum_update(state[bank_key], write_idx, v_all, momentum)
     return s_loss + t_loss, new_state, {"student_loss": s_loss, "teacher_loss": t_loss}
 
-  return Term(init, apply, Needs(student=taps_of(student), teacher=taps_of(teacher), batch=(index_key,)))
+  batch_needs = (index_key, label_key) if learn_labels else (index_key,)
+  return Term(init, apply, Needs(student=taps_of(student), teacher=taps_of(teacher),
+                                 batch=batch_needs))
+
+
+def _write_indices(idx: jax.Array, batch, mask_key: str | None, num_data: int) -> jax.Array:
+  """Batch indices, with padded examples sent to ``num_data`` (dropped by scatters)."""
+  mask = batch.get(mask_key) if mask_key else None
+  if mask is not None and mask.shape == idx.shape:
+    return jnp.where(mask.astype(jnp.bool_), idx, jnp.int32(num_data))
+  return idx
+
+
+def _uniform_negatives(key: jax.Array, idx: jax.Array, k: int, num_data: int) -> jax.Array:
+  """``[B, K]`` rows drawn uniformly from the ``N - 1`` examples other than each anchor."""
+  neg = jax.random.randint(key, (idx.shape[0], k), 0, num_data - 1, jnp.int32)
+  return neg + (neg >= idx[:, None]).astype(jnp.int32)  # skips the positive
+
+
+class _OtherClassSampler:
+  """Exact draws from the examples of the other classes, from the training labels.
+
+  The examples sorted by class make each class a contiguous block ``[start_c, start_c + n_c)``;
+  a draw ``r`` uniform in ``[0, N - n_c)`` that skips the anchor's block is a uniform draw from
+  the other classes.
+  """
+
+  def __init__(self, labels, num_data: int):
+    labels = np.asarray(labels)
+    if labels.shape != (num_data,) or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"labels must hold the integer class of each of the {num_data} training "
+                       f"examples (shape [{num_data}]), got dtype {labels.dtype} and shape "
+                       f"{labels.shape}")
+    if labels.min() < 0:
+      raise ValueError("labels must be non-negative class indices")
+    counts = np.bincount(labels)
+    if np.any(counts == num_data):
+      raise ValueError("negatives='other_class' needs at least two classes in the labels")
+    self.order = np.argsort(labels, kind="stable").astype(np.int32)
+    self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    self.count = counts.astype(np.int32)
+    self.labels = labels.astype(np.int32)
+    self.num_data = num_data
+
+  def draw(self, key: jax.Array, idx: jax.Array, k: int) -> jax.Array:
+    y = jnp.asarray(self.labels)[idx]
+    start, count = jnp.asarray(self.start)[y], jnp.asarray(self.count)[y]
+    r = jax.random.randint(key, (idx.shape[0], k), 0, (self.num_data - count)[:, None], jnp.int32)
+    r = r + jnp.where(r >= start[:, None], count[:, None], jnp.zeros((), jnp.int32))
+    return jnp.asarray(self.order)[r]

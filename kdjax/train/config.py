@@ -31,7 +31,7 @@ FREE_FORM = ("teacher.model_kwargs", "student.model_kwargs", "objective", "stage
 RUNTIME_KEYS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
     "parallel", "mesh", "shard_teacher", "shard_student", "data.data_dir",
-    "data.worker_count", "data.eval_batch_size", "logging", "checks", "checked_steps",
+    "data.worker_count", "data.eval_batch_size", "logging", "checks", "checked_steps", "export",
 )
 
 
@@ -137,6 +137,23 @@ def base_config() -> ml_collections.ConfigDict:
   # stage with every term. E.g. a FitNets hint stage, then KD:
   #   ({"steps": 2000, "terms": ("hint",)}, {"steps": 0, "terms": ("ce", "kd")})
   c.stages = ()
+  # After distillation (kdjax.train.compress_runs): runs after student_kd that prune and
+  # quantize the distilled student while it keeps distilling from the teacher.
+  c.compress = ml_collections.ConfigDict({
+      "pruning": 0.0,  # target sparsity of student_kd_pruned (0: no pruning run)
+      "prune_structure": "unstructured",  # unstructured | 2:4
+      "prune_begin": 0,  # first pruning step of the run
+      "prune_end": 0,  # the step the target is reached (0: 3/4 of the run)
+      "prune_frequency": 10,  # steps between mask updates
+      "keep_dense": (),  # regexes of student parameter paths left dense (e.g. 'head/.*')
+      "quantization": "none",  # none | ptq | qat: the student_kd_int8 run
+      "weight_bits": 8,  # 8 or 4
+      "act_bits": 8,  # 0: float activations
+      "keep_float": (),  # regexes of module paths left in float
+      "steps": 0,  # steps of each compression run (0: total_steps)
+  })
+  # Export of the students after the runs (kdjax.export): formats among stablehlo, onnx.
+  c.export = ml_collections.ConfigDict({"formats": (), "batch_size": 0})
   c.lock()  # Unknown keys are errors, with ml_collections' "did you mean" suggestion.
   return c
 
@@ -253,6 +270,9 @@ def differing_keys(saved: Mapping, current: Any) -> list[str]:
   """
   a = flatten(json.loads(json.dumps(_tuples(saved), default=list)))
   b = flatten(json.loads(to_json(current)))
+  # A key a newer kdjax added is absent from an older config.json: it had its default there.
+  defaults = flatten(json.loads(to_json(base_config())))
+  a = {**{k: v for k, v in defaults.items() if k not in a and k in b}, **a}
 
   def runtime(key):
     return any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS)

@@ -24,6 +24,7 @@ from kdjax.train import config as config_lib
 from kdjax.train import execute as execute_lib
 from kdjax.train import rundata
 from kdjax.train import runs as runs_lib
+from kdjax.train import compress_runs
 from kdjax.train import strategy_runs  # noqa: F401  (registers the mutual and lwf kinds)
 from kdjax.train.actions import PreemptionWatch
 from kdjax.train.errors import ConfigError, TrainError, WorkdirError
@@ -164,6 +165,10 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
           plan.step_fn = _checked_first(config.checked_steps)
         entry, _ = execute_lib.execute(plan, work, settings, watch)
         work.record(name, entry)
+    for run, exported in compress_runs.export_all(config, work.path, work.results).items():
+      work.record(run, {**work.results[run], "export_accuracy": exported["accuracy"],
+                        "export_max_abs_diff": exported["max_abs_diff"],
+                        "size_bytes": exported["size_bytes"]})
   return dict(work.results)
 
 

@@ -66,7 +66,8 @@ def standard_runs(config: Any) -> tuple[dict[str, Any], ...]:
                  "compare": "teacher"})
   runs.append({"name": "student_kd", "kind": "distill", "model": "student",
                "teachers": ("teacher",)})
-  return tuple(runs)
+  from kdjax.train import compress_runs  # pylint: disable=g-import-not-at-top
+  return tuple(runs + compress_runs.compress_runs(config))
 
 
 def declarations(config: Any) -> tuple[dict[str, Any], ...]:

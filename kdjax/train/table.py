@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 _METRICS = ("accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity", "old_accuracy",
-            "new_accuracy")
+            "new_accuracy", "ptq_accuracy", "sparsity", "export_accuracy", "export_max_abs_diff")
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -21,14 +21,16 @@ def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
       if f"accuracy_{k}" in entry:
         rows_in.append((f"  {run}[{k}]", {**member, "accuracy": entry[f"accuracy_{k}"]}))
   metrics = [m for m in _METRICS if any(m in e for _, e in rows_in)]
-  columns = ("run", "model", *metrics, "params", "time_s")
+  sizes = [k for k in ("nonzero", "size_bytes") if any(k in e for _, e in rows_in)]
+  columns = ("run", "model", *metrics, "params", *sizes, "time_s")
   rows = []
   for run, entry in rows_in:
     row = [run, str(entry.get("model", ""))]
     for key in metrics:
       value = entry.get(key)
-      row.append("-" if value is None else f"{value:.4f}")
-    row.append(f"{entry['params']:,}" if "params" in entry else "-")
+      row.append("-" if value is None else f"{value:.2e}" if "diff" in key else f"{value:.4f}")
+    for key in ("params", *sizes):
+      row.append(f"{entry[key]:,}" if key in entry else "-")
     row.append(f"{entry['time_s']:.1f}" if "time_s" in entry else "-")
     rows.append(row)
   widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)

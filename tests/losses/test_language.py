@@ -26,23 +26,22 @@ def kl(p, q):
   return np.sum(p * np.log(p / q), -1)
 
 
+# Per-token divergences of the student's (ps) and teacher's (pt) distributions, before T^2.
+REFERENCES = {
+    "kd": lambda ps, pt, a: kl(pt, ps),
+    "reverse_kd": lambda ps, pt, a: kl(ps, pt),
+    "jensen_shannon": lambda ps, pt, a: (kl(pt, (ps + pt) / 2) + kl(ps, (ps + pt) / 2)) / 2,
+    "skew_kl": lambda ps, pt, a: kl(pt, a * pt + (1 - a) * ps),
+    "skew_reverse_kl": lambda ps, pt, a: kl(ps, a * ps + (1 - a) * pt),
+}
+
+
 def ref_token(name, s, t, T, alpha=0.1):
-  ps, pt = np_softmax(s / T), np_softmax(t / T)
-  if name == "token_kd":
-    out = kl(pt, ps)
-  elif name == "token_reverse_kd":
-    out = kl(ps, pt)
-  elif name == "token_jensen_shannon":
-    out = (kl(pt, (ps + pt) / 2) + kl(ps, (ps + pt) / 2)) / 2
-  elif name == "skew_kl":
-    out = kl(pt, alpha * pt + (1 - alpha) * ps)
-  else:
-    out = kl(ps, alpha * ps + (1 - alpha) * pt)
-  return T**2 * out
+  return T**2 * REFERENCES[name](np_softmax(s / T), np_softmax(t / T), alpha)
 
 
-TOKEN_LOSSES = ["token_kd", "token_reverse_kd", "token_jensen_shannon", "skew_kl",
-                "skew_reverse_kl"]
+# The response losses serve [B, L, V] logits with a [B, L] mask as they are.
+TOKEN_LOSSES = ["kd", "reverse_kd", "jensen_shannon", "skew_kl", "skew_reverse_kl"]
 
 
 @pytest.mark.parametrize("name", TOKEN_LOSSES)
@@ -56,11 +55,6 @@ def test_token_loss_matches_formula_and_masks(name):
                              rtol=RTOL, atol=ATOL)
 
 
-def test_token_kd_is_kd():
-  np.testing.assert_allclose(losses.token_kd(S, T_, temperature=3.0),
-                             losses.kd(S, T_, temperature=3.0), rtol=1e-6)
-
-
 @pytest.mark.parametrize("alpha", [0.3, 0.9])
 def test_skew_kl_matches_formula_for_other_alphas(alpha):
   np.testing.assert_allclose(losses.skew_kl(S, T_, alpha=alpha),
@@ -71,10 +65,10 @@ def test_skew_kl_matches_formula_for_other_alphas(alpha):
 
 
 def test_skew_with_alpha_zero_is_plain_kl():
-  np.testing.assert_allclose(losses.skew_kl(S, T_, alpha=0.0), losses.token_kd(S, T_),
+  np.testing.assert_allclose(losses.skew_kl(S, T_, alpha=0.0), losses.kd(S, T_),
                              rtol=1e-5)
   np.testing.assert_allclose(losses.skew_reverse_kl(S, T_, alpha=0.0),
-                             losses.token_reverse_kd(S, T_), rtol=1e-5)
+                             losses.reverse_kd(S, T_), rtol=1e-5)
 
 
 def test_padding_with_non_finite_values_returns_zero_and_finite_gradients():
@@ -109,12 +103,12 @@ def test_topk_teacher_logits_returns_the_largest_entries():
 
 
 @pytest.mark.parametrize("mode", ["renormalize", "remainder"])
-def test_sparse_kd_with_the_whole_vocabulary_is_token_kd(mode):
+def test_sparse_kd_with_the_whole_vocabulary_is_kd(mode):
   temperature = 2.0
   values, indices = losses.topk_teacher_logits(T_, VOCAB, log_probs=mode == "remainder",
                                                temperature=temperature)
   out = losses.sparse_kd(S, values, indices, temperature=temperature, mode=mode, mask=MASK)
-  np.testing.assert_allclose(out, losses.token_kd(S, T_, temperature=temperature, mask=MASK),
+  np.testing.assert_allclose(out, losses.kd(S, T_, temperature=temperature, mask=MASK),
                              rtol=RTOL, atol=ATOL)
 
 
@@ -203,11 +197,11 @@ def test_errors_name_the_fix():
   with pytest.raises(ValueError, match="temperature must be > 0"):
     losses.sparse_kd(S, values, indices, temperature=0.0)
   with pytest.raises(ValueError, match="mask has shape"):
-    losses.token_kd(S, T_, mask=MASK[:, :2])
+    losses.kd(S, T_, mask=MASK[:, :2])
   with pytest.raises(ValueError, match="mask has shape"):
     losses.masked_mean(np.ones((2, 3), np.float32), MASK[:1])
   with pytest.raises(ValueError, match="give both models the same num_classes"):
-    losses.token_reverse_kd(S, T_[..., :5])
+    losses.reverse_kd(S, T_[..., :5])
   with pytest.raises(ValueError, match="alpha must be in"):
     losses.skew_kl(S, T_, alpha=1.5)
   for name in TOKEN_LOSSES:

@@ -142,9 +142,13 @@ def test_dist_matches_formula():
 def test_standardize_logits_matches_formula():
   z = np.float64(S)
   mean = z.mean(-1, keepdims=True)
-  std = np.sqrt(np.mean((z - mean)**2, -1, keepdims=True))
+  # The official code: (z - mean) / (1e-7 + z.std(dim=-1)), PyTorch's std being the sample one.
+  sample = np.sqrt(np.sum((z - mean)**2, -1, keepdims=True) / (C - 1))
   out = losses.standardize_logits(S)
-  np.testing.assert_allclose(out, (z - mean) / (std + 1e-7), rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(out, (z - mean) / (sample + 1e-7), rtol=RTOL, atol=ATOL)
+  population = np.sqrt(np.mean((z - mean)**2, -1, keepdims=True))
+  np.testing.assert_allclose(losses.standardize_logits(S, ddof=0), (z - mean) / (population + 1e-7),
+                             rtol=RTOL, atol=ATOL)
   # Constant logits carry no information and map to zeros (with finite gradients).
   flat = jnp.ones((2, C))
   np.testing.assert_array_equal(losses.standardize_logits(flat), np.zeros((2, C)))

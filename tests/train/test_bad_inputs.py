@@ -154,3 +154,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert steps and steps[-1] < error.step
   assert f"last good checkpoint, step {steps[-1]}" in str(error)
   assert "teacher" not in train.read_results(workdir)
+
+
+def test_a_student_that_cannot_be_built_fails_before_the_teacher_trains(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(train.ConfigError, match="config.student.model_kwargs") as caught:
+    train.train_and_evaluate(tiny(**{"student.model": "cnn_small"}), str(workdir))
+  assert "hidden" in str(caught.value) and "\n" not in str(caught.value)
+  # Checked before anything was written: no teacher run, no config.json, nothing to refuse.
+  assert not workdir.exists() or not any(workdir.iterdir())
+  train.train_and_evaluate(tiny(**{"total_steps": 2, "teacher.total_steps": 2,
+                                   "checkpoint_every": 2, "eval_every": 0}), str(workdir))

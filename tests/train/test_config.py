@@ -86,3 +86,12 @@ def test_config_dict_round_trips_through_json():
   again = config_lib.resolve(ml_collections.ConfigDict(json.loads(config_lib.to_json(config))),
                              num_classes=10)
   assert config_lib.differing_keys(json.loads(config_lib.to_json(config)), again) == []
+
+
+def test_a_config_json_without_newer_keys_still_matches_their_defaults():
+  config = config_lib.resolve({}, num_classes=10)
+  saved = json.loads(config_lib.to_json(config))
+  del saved["compress"], saved["export"], saved["runs"]  # Written before these keys existed.
+  assert config_lib.differing_keys(saved, config) == []
+  changed = config_lib.resolve({"compress": {"pruning": 0.5}}, num_classes=10)
+  assert config_lib.differing_keys(saved, changed) == ["compress.pruning"]

@@ -1,4 +1,5 @@
-"""Building blocks shared by the zoo: PyTorch-faithful convolutions, BatchNorm, the head.
+"""Building blocks shared by the zoo: PyTorch-faithful convolutions, BatchNorm, conv-BN-ReLU
+modules, stages of blocks, the head.
 
 Every zoo model computes in ``dtype`` (float32 or bfloat16) and stores its parameters in float32.
 Convolutions pad like PyTorch (``padding=k // 2`` on both sides), so strided layers see the same
@@ -45,6 +46,70 @@ def layer_norm(*, dtype: Dtype, name: str | None = None) -> Callable[[jax.Array]
   """LayerNorm (eps 1e-6) in float32, returning ``dtype`` (see :func:`batch_norm` for why)."""
   ln = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=PARAM_DTYPE, name=name)
   return lambda x: ln(x.astype(jnp.float32)).astype(dtype)
+
+
+def bn(block: nn.Module, x: jax.Array, *, train: bool, name: str, relu: bool = False) -> jax.Array:
+  """:func:`batch_norm` named ``name`` inside ``block`` (with its ``dtype`` and ``bn_axis_name``),
+  then ReLU when ``relu``."""
+  y = batch_norm(train=train, dtype=block.dtype, axis_name=block.bn_axis_name, name=name)(x)
+  return nn.relu(y) if relu else y
+
+
+def conv_bn(block: nn.Module, x: jax.Array, features: int, kernel: int, *, train: bool,
+            names: tuple[str, str] = ("conv", "bn"), strides: int = 1, groups: int = 1,
+            use_bias: bool = False, relu: bool = False) -> jax.Array:
+  """:func:`conv` then :func:`bn` inside ``block``, named ``names`` (convolution, BatchNorm),
+  then ReLU when ``relu``."""
+  y = conv(features, kernel, strides=strides, groups=groups, use_bias=use_bias, dtype=block.dtype,
+           name=names[0])(x)
+  return bn(block, y, train=train, name=names[1], relu=relu)
+
+
+class ConvBlock(nn.Module):
+  """The fields every convolutional block of the zoo takes; subclasses add theirs (with
+  defaults) and a ``__call__(x, train)``."""
+
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+
+class ConvNet(nn.Module, kw_only=True):
+  """The keyword-only fields every convolutional zoo model takes: ``dtype`` (the compute dtype;
+  parameters stay float32) and ``bn_axis_name`` (under ``pmap``, the mapped axis name, so
+  BatchNorm uses global batch statistics)."""
+
+  dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+
+
+class ConvBNReLU(ConvBlock):
+  """conv (``conv``) - BatchNorm (``bn``) - ReLU as one tappable module, then a 2x2 max pool when
+  ``pool``."""
+
+  kernel: int = 3
+  pool: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = conv_bn(self, x, self.features, self.kernel, train=train, strides=self.strides, relu=True)
+    return nn.max_pool(x, (2, 2), strides=(2, 2)) if self.pool else x
+
+
+class Stage(nn.Module):
+  """``num_blocks`` blocks named ``block_0..``, each built as ``block(strides=s, name=...)`` and
+  called as ``(x, train)``: the first at ``strides``, the others at stride 1."""
+
+  block: Callable[..., nn.Module]
+  num_blocks: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for j in range(self.num_blocks):
+      x = self.block(strides=self.strides if j == 0 else 1, name=f"block_{j}")(x, train)
+    return x
 
 
 def dense(features: int, *, dtype: Dtype, name: str | None = None) -> nn.Dense:

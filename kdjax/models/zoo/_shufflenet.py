@@ -17,6 +17,7 @@ Taps: ``stem``, ``stage{1,2,3}``, ``stage{k}/block_{j}``, ``head_conv`` (V2), ``
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -26,115 +27,85 @@ import jax.numpy as jnp
 from kdjax.models.zoo import _layers
 
 
-class _Stem(nn.Module):
-  dtype: Any
-  bn_axis_name: str | None
+class ShuffleV1Unit(_layers.ConvBlock):
+  """A unit whose output has ``features`` channels: at stride 2 the residual branch makes only the
+  channels its concatenated (pooled) input lacks."""
+
+  groups: int = 3
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _layers.conv(24, 1, dtype=self.dtype, name="conv")(x)
-    return nn.relu(_layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                      name="bn")(x))
-
-
-class ShuffleV1Unit(nn.Module):
-  features: int  # output channels of the residual branch
-  strides: int
-  groups: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    bn = lambda name: _layers.batch_norm(train=train, dtype=self.dtype,  # noqa: E731
-                                         axis_name=self.bn_axis_name, name=name)
-    mid = self.features // 4
+    branch = self.features - x.shape[-1] if self.strides == 2 else self.features
+    mid = branch // 4
     g = 1 if x.shape[-1] == 24 else self.groups
-    y = nn.relu(bn("bn1")(_layers.conv(mid, 1, groups=g, dtype=self.dtype, name="conv1")(x)))
+    y = _layers.conv_bn(self, x, mid, 1, train=train, names=("conv1", "bn1"), groups=g, relu=True)
     y = _layers.channel_shuffle(y, g)
-    y = _layers.conv(mid, 3, strides=self.strides, groups=mid, dtype=self.dtype, name="conv2")(y)
-    y = nn.relu(bn("bn2")(y))
-    y = bn("bn3")(_layers.conv(self.features, 1, groups=self.groups, dtype=self.dtype,
-                               name="conv3")(y))
+    y = _layers.conv_bn(self, y, mid, 3, train=train, names=("conv2", "bn2"), strides=self.strides,
+                        groups=mid, relu=True)
+    y = _layers.conv_bn(self, y, branch, 1, train=train, names=("conv3", "bn3"), groups=self.groups)
     if self.strides == 2:
       shortcut = _layers.avg_pool(x, 3, strides=2, padding=1)
       return nn.relu(jnp.concatenate([y, shortcut], axis=-1))
     return nn.relu(y + x)
 
 
-class _V1Stage(nn.Module):
-  features: int
-  num_blocks: int
-  groups: int
-  dtype: Any
-  bn_axis_name: str | None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    for j in range(self.num_blocks):
-      # The first unit concatenates its input, so its branch makes only the missing channels.
-      branch = self.features - x.shape[-1] if j == 0 else self.features
-      x = ShuffleV1Unit(branch, 2 if j == 0 else 1, self.groups, self.dtype, self.bn_axis_name,
-                        name=f"block_{j}")(x, train)
-    return x
-
-
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(_layers.ConvNet):
   num_classes: int
   widths: Sequence[int] = (240, 480, 960)
   blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _Stem(self.dtype, self.bn_axis_name, name="stem")(x, train)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    x = _layers.ConvBNReLU(24, kernel=1, name="stem", **kw)(x, train)
     for k, (width, n) in enumerate(zip(self.widths, self.blocks)):
-      x = _V1Stage(width, n, self.groups, self.dtype, self.bn_axis_name,
-                   name=f"stage{k + 1}")(x, train)
+      block = functools.partial(ShuffleV1Unit, width, groups=self.groups, **kw)
+      x = _layers.Stage(block, n, 2, name=f"stage{k + 1}")(x, train)
     return _layers.classifier(self, _layers.global_avg_pool(x), self.num_classes)
 
 
 class ShuffleV2DownUnit(nn.Module):
+  """Two stride-2 branches, each making ``features // 2`` channels, concatenated and shuffled."""
+
   features: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name: _layers.batch_norm(train=train, dtype=self.dtype,  # noqa: E731
-                                         axis_name=self.bn_axis_name, name=name)
     c_in, mid = x.shape[-1], self.features // 2
     # left: depthwise 3x3 stride 2 - BN - 1x1 - BN - ReLU
-    left = bn("bn1")(_layers.conv(c_in, 3, strides=2, groups=c_in, dtype=self.dtype,
-                                  name="conv1")(x))
-    left = nn.relu(bn("bn2")(_layers.conv(mid, 1, dtype=self.dtype, name="conv2")(left)))
+    left = _layers.conv_bn(self, x, c_in, 3, train=train, names=("conv1", "bn1"), strides=2,
+                           groups=c_in)
+    left = _layers.conv_bn(self, left, mid, 1, train=train, names=("conv2", "bn2"), relu=True)
     # right: 1x1 - BN - ReLU - depthwise 3x3 stride 2 - BN - 1x1 - BN - ReLU
-    right = nn.relu(bn("bn3")(_layers.conv(mid, 1, dtype=self.dtype, name="conv3")(x)))
-    right = bn("bn4")(_layers.conv(mid, 3, strides=2, groups=mid, dtype=self.dtype,
-                                   name="conv4")(right))
-    right = nn.relu(bn("bn5")(_layers.conv(mid, 1, dtype=self.dtype, name="conv5")(right)))
+    right = _layers.conv_bn(self, x, mid, 1, train=train, names=("conv3", "bn3"), relu=True)
+    right = _layers.conv_bn(self, right, mid, 3, train=train, names=("conv4", "bn4"), strides=2,
+                            groups=mid)
+    right = _layers.conv_bn(self, right, mid, 1, train=train, names=("conv5", "bn5"), relu=True)
     return _layers.channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
 
 class ShuffleV2BasicUnit(nn.Module):
+  """Splits the channels in half, transforms the second half, concatenates and shuffles."""
+
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name: _layers.batch_norm(train=train, dtype=self.dtype,  # noqa: E731
-                                         axis_name=self.bn_axis_name, name=name)
     c = x.shape[-1] // 2
     x1, x2 = x[..., :c], x[..., c:]
-    y = nn.relu(bn("bn1")(_layers.conv(c, 1, dtype=self.dtype, name="conv1")(x2)))
-    y = bn("bn2")(_layers.conv(c, 3, groups=c, dtype=self.dtype, name="conv2")(y))
-    y = nn.relu(bn("bn3")(_layers.conv(c, 1, dtype=self.dtype, name="conv3")(y)))
+    y = _layers.conv_bn(self, x2, c, 1, train=train, names=("conv1", "bn1"), relu=True)
+    y = _layers.conv_bn(self, y, c, 3, train=train, names=("conv2", "bn2"), groups=c)
+    y = _layers.conv_bn(self, y, c, 1, train=train, names=("conv3", "bn3"), relu=True)
     return _layers.channel_shuffle(jnp.concatenate([x1, y], axis=-1), 2)
 
 
 class _V2Stage(nn.Module):
+  """A down-sampling unit (``block_0``), then ``num_blocks`` basic units."""
+
   features: int
   num_blocks: int
   dtype: Any
@@ -142,35 +113,24 @@ class _V2Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = ShuffleV2DownUnit(self.features, self.dtype, self.bn_axis_name, name="block_0")(x, train)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    x = ShuffleV2DownUnit(self.features, name="block_0", **kw)(x, train)
     for j in range(self.num_blocks):
-      x = ShuffleV2BasicUnit(self.dtype, self.bn_axis_name, name=f"block_{j + 1}")(x, train)
+      x = ShuffleV2BasicUnit(name=f"block_{j + 1}", **kw)(x, train)
     return x
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(_layers.ConvNet):
   num_classes: int
   widths: Sequence[int] = (116, 232, 464, 1024)
   blocks: Sequence[int] = (3, 7, 3)  # basic units per stage, after its down-sampling unit
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _Stem(self.dtype, self.bn_axis_name, name="stem")(x, train)
+    kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    x = _layers.ConvBNReLU(24, kernel=1, name="stem", **kw)(x, train)
     for k, (width, n) in enumerate(zip(self.widths[:3], self.blocks)):
-      x = _V2Stage(width, n, self.dtype, self.bn_axis_name, name=f"stage{k + 1}")(x, train)
-    x = _HeadConv(self.widths[3], self.dtype, self.bn_axis_name, name="head_conv")(x, train)
+      x = _V2Stage(width, n, name=f"stage{k + 1}", **kw)(x, train)
+    x = _layers.ConvBNReLU(self.widths[3], kernel=1, name="head_conv", **kw)(x, train)
     return _layers.classifier(self, _layers.global_avg_pool(x), self.num_classes)
 
-
-class _HeadConv(nn.Module):
-  features: int
-  dtype: Any
-  bn_axis_name: str | None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    x = _layers.conv(self.features, 1, dtype=self.dtype, name="conv")(x)
-    return nn.relu(_layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                      name="bn")(x))

@@ -13,20 +13,39 @@ from kdjax.models.zoo import _layers
 class MLP(nn.Module):
   """Flatten, then ``Dense -> ReLU`` stages ``stage1..stageK`` (one per hidden size), then a head.
 
-  Taps: ``stage{i}`` ([B, hidden[i-1]], after the ReLU), ``pre_logits`` (= the last stage).
+  With ``dropout_rate > 0``, dropout follows every hidden stage during training (the
+  784-1200-1200-10 teacher of Hinton et al. 2015 is ``hidden=(1200, 1200), dropout_rate=0.5``);
+  ``input_dropout_rate > 0`` also drops input pixels (Hinton et al. 2012 used 0.2). Both are off
+  by default, and at evaluation.
+
+  Taps: ``stage{i}`` ([B, hidden[i-1]], after the ReLU, before dropout), ``pre_logits``
+  ([B, hidden[-1]], the input of the head, after dropout).
+
+  References:
+    Hinton, Srivastava, Krizhevsky, Sutskever, Salakhutdinov, "Improving neural networks by
+    preventing co-adaptation of feature detectors", 2012.
   """
 
   num_classes: int
   hidden: Sequence[int] = (128,)
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # no BatchNorm here; taken so every zoo model takes it
+  dropout_rate: float = 0.0  # after each hidden stage, in training only
+  input_dropout_rate: float = 0.0  # on the flattened input, in training only
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no BatchNorm or dropout
+    for name, rate in (("dropout_rate", self.dropout_rate),
+                       ("input_dropout_rate", self.input_dropout_rate)):
+      if not 0.0 <= rate < 1.0:
+        raise ValueError(f"mlp {name} must be in [0, 1), got {rate}")
     x = x.reshape(x.shape[0], -1)
+    if self.input_dropout_rate:
+      x = nn.Dropout(self.input_dropout_rate, deterministic=not train, name="input_dropout")(x)
     for i, width in enumerate(self.hidden):
       x = _DenseReLU(width, dtype=self.dtype, name=f"stage{i + 1}")(x)
+      if self.dropout_rate:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{i + 1}")(x)
     return _layers.classifier(self, x, self.num_classes)
 
 
@@ -39,21 +58,7 @@ class _DenseReLU(nn.Module):
     return nn.relu(_layers.dense(self.features, dtype=self.dtype, name="dense")(x))
 
 
-class _ConvBNReLU(nn.Module):
-  features: int
-  dtype: Any
-  pool: bool = False  # 2x2 max pool after the activation
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    x = _layers.conv(self.features, 3, dtype=self.dtype, name="conv")(x)
-    x = nn.relu(_layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                   name="bn")(x))
-    return nn.max_pool(x, (2, 2), strides=(2, 2)) if self.pool else x
-
-
-class CNNSmall(nn.Module):
+class CNNSmall(_layers.ConvNet):
   """``stem`` (conv-BN-ReLU, ``width``), ``stage1`` (conv-BN-ReLU, 2 x ``width``, 2x2 max pool),
   ``stage2`` (conv-BN-ReLU, 4 x ``width``), global average pool, head.
 
@@ -63,13 +68,11 @@ class CNNSmall(nn.Module):
 
   num_classes: int
   width: int = 16
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    x = _ConvBNReLU(self.width, name="stem", **kw)(x, train)
-    x = _ConvBNReLU(2 * self.width, pool=True, name="stage1", **kw)(x, train)
-    x = _ConvBNReLU(4 * self.width, name="stage2", **kw)(x, train)
+    x = _layers.ConvBNReLU(self.width, name="stem", **kw)(x, train)
+    x = _layers.ConvBNReLU(2 * self.width, pool=True, name="stage1", **kw)(x, train)
+    x = _layers.ConvBNReLU(4 * self.width, name="stage2", **kw)(x, train)
     return _layers.classifier(self, _layers.global_avg_pool(x), self.num_classes)

@@ -55,6 +55,17 @@ class Block(nn.Module):
     return x + drop(h)
 
 
+def _encode(model: nn.Module, x: jax.Array, depth: int, num_heads: int, *, causal: bool,
+            train: bool) -> jax.Array:
+  """Embedding dropout, ``blocks_{0..depth-1}`` and the final LayerNorm ``ln_f`` of ``model``
+  (which has ``mlp_ratio``, ``dropout_rate`` and ``dtype``): [B, L, D] -> [B, L, D]."""
+  x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
+  for i in range(depth):
+    x = Block(num_heads, model.mlp_ratio, model.dropout_rate, causal=causal, dtype=model.dtype,
+              name=f"blocks_{i}")(x, train)
+  return _layers.layer_norm(dtype=model.dtype, name="ln_f")(x)
+
+
 class ViT(nn.Module):
   """Vision Transformer (Dosovitskiy et al., 2021) sized for 32x32 images.
 
@@ -84,11 +95,8 @@ class ViT(nn.Module):
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d), _layers.PARAM_DTYPE)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
     pos = self.param("pos_embed", _embed_init, (1, h * w + 1, d), _layers.PARAM_DTYPE)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos.astype(x.dtype))
-    for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, self.dropout_rate, causal=False, dtype=self.dtype,
-                name=f"blocks_{i}")(x, train)
-    x = _layers.layer_norm(dtype=self.dtype, name="ln_f")(x)
+    x = _encode(self, x + pos.astype(x.dtype), self.depth, self.num_heads, causal=False,
+                train=train)
     return _layers.classifier(self, x[:, 0], self.num_classes)
 
 
@@ -127,11 +135,7 @@ class TransformerLM(nn.Module):
       raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; "
                        f"build the model with a larger max_len")
     x = _Embeddings(vocab, self.d_model, self.max_len, self.dtype, name="stem")(tokens)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    for i in range(self.n_layers):
-      x = Block(self.n_heads, self.mlp_ratio, self.dropout_rate, causal=True, dtype=self.dtype,
-                name=f"blocks_{i}")(x, train)
-    x = _layers.layer_norm(dtype=self.dtype, name="ln_f")(x)
+    x = _encode(self, x, self.n_layers, self.n_heads, causal=True, train=train)
     return _layers.classifier(self, x, classes)
 
 

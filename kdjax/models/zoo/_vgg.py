@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from kdjax.models.zoo import _layers
 
@@ -39,17 +38,14 @@ class _ConvGroup(nn.Module):
     if self.pool_first:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     for i, width in enumerate(self.widths):
-      x = _layers.conv(width, 3, use_bias=True, dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.relu(_layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                     name=f"bn{i}")(x))
+      x = _layers.conv_bn(self, x, width, 3, train=train, names=(f"conv{i}", f"bn{i}"),
+                          use_bias=True, relu=True)
     return x
 
 
-class VGG(nn.Module):
+class VGG(_layers.ConvNet):
   num_classes: int
   depth: int = 13
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

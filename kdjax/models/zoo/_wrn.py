@@ -10,29 +10,25 @@ Taps: ``stem``; ``stage{1,2,3}`` (stage outputs, before the final BN-ReLU); ``st
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from kdjax.models.zoo import _layers
 
 
-class WideBasicBlock(nn.Module):
-  features: int
-  strides: int = 1
+class WideBasicBlock(_layers.ConvBlock):
+  """BN-ReLU-conv3x3(stride)-BN-ReLU-[dropout]-conv3x3, plus the identity or a strided 1x1
+  convolution of the activated input."""
+
   dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name: _layers.batch_norm(train=train, dtype=self.dtype,  # noqa: E731
-                                         axis_name=self.bn_axis_name, name=name)
-    act = nn.relu(bn("bn1")(x))
+    act = _layers.bn(self, x, train=train, name="bn1", relu=True)
     y = _layers.conv(self.features, 3, strides=self.strides, dtype=self.dtype, name="conv1")(act)
-    y = nn.relu(bn("bn2")(y))
+    y = _layers.bn(self, y, train=train, name="bn2", relu=True)
     if self.dropout_rate > 0:
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     y = _layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
@@ -43,29 +39,11 @@ class WideBasicBlock(nn.Module):
     return shortcut + y
 
 
-class _Stage(nn.Module):
-  features: int
-  num_blocks: int
-  strides: int
-  dropout_rate: float
-  dtype: Any
-  bn_axis_name: str | None
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    for j in range(self.num_blocks):
-      x = WideBasicBlock(self.features, self.strides if j == 0 else 1, self.dropout_rate,
-                         self.dtype, self.bn_axis_name, name=f"block_{j}")(x, train)
-    return x
-
-
-class WideResNet(nn.Module):
+class WideResNet(_layers.ConvNet):
   num_classes: int
   depth: int = 16
   widen_factor: int = 1
   dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -75,8 +53,8 @@ class WideResNet(nn.Module):
     k = self.widen_factor
     x = _layers.conv(16, 3, dtype=self.dtype, name="stem")(x)
     for s, (width, strides) in enumerate(((16 * k, 1), (32 * k, 2), (64 * k, 2))):
-      x = _Stage(width, n, strides, self.dropout_rate, self.dtype, self.bn_axis_name,
-                 name=f"stage{s + 1}")(x, train)
-    x = nn.relu(_layers.batch_norm(train=train, dtype=self.dtype, axis_name=self.bn_axis_name,
-                                   name="bn")(x))
+      block = functools.partial(WideBasicBlock, width, dropout_rate=self.dropout_rate,
+                                dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+      x = _layers.Stage(block, n, strides, name=f"stage{s + 1}")(x, train)
+    x = _layers.bn(self, x, train=train, name="bn", relu=True)
     return _layers.classifier(self, _layers.global_avg_pool(x), self.num_classes)

@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0  # grain worker processes (0: load in the main process)
   c.data.standardize = False  # subtract the per-channel mean, divide by the std
   c.data.sequence_length = 64  # text datasets: tokens per training window
+  c.data.image_size = 0  # folder:<dir> datasets: resize images to this size (0: as stored)
   # Training augmentation, applied once per example (teacher and student see the same view).
   c.data.augment = ml_collections.ConfigDict(
       {"crop_padding": 0, "flip": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0})

@@ -90,6 +90,9 @@ def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[runs_lib.Con
                          decls={d["name"]: d for d in decls}, abstract=True)
   _check_devices(config, ctx.runner().num_devices)
   largest, plans = 0, []
+  for decl in decls:  # Trained teachers to load are read now, outside the shape-only traces.
+    if decl["kind"] == "load":
+      ctx.trained(decl["name"])
   for decl in decls:
     plan = runs_lib.KINDS[decl["kind"]][0](ctx, decl)
     try:
@@ -148,6 +151,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
         progress_bar=config.progress_bar, tensorboard=config.logging.tensorboard,
         wandb_project=config.logging.wandb, config=config_lib.flatten(config.to_dict()))
+    names = getattr(getattr(run_data, "info", None), "class_names", None)
+    class_names = {"class_names": list(names)} if names else {}
     with PreemptionWatch() as watch:
       for decl, plan in plans:
         name = decl["name"]
@@ -164,7 +169,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
         if config.checks and config.checked_steps:
           plan.step_fn = _checked_first(config.checked_steps)
         entry, _ = execute_lib.execute(plan, work, settings, watch)
-        work.record(name, entry)
+        work.record(name, {**entry, **class_names})
     for run, exported in compress_runs.export_all(config, work.path, work.results).items():
       work.record(run, {**work.results[run], "export_accuracy": exported["accuracy"],
                         "export_max_abs_diff": exported["max_abs_diff"],

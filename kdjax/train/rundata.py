@@ -48,6 +48,10 @@ class ImageData:
     self.config = config
     self.classes = tuple(int(c) for c in classes)
     self._dataset: Any = config.data.name
+    if config.data.image_size:  # Only folder:<dir> datasets resize; others say so.
+      self._dataset = data.get_dataset(config.data.name, data_dir=config.data.data_dir or None,
+                                       image_size=config.data.image_size)
+      info = self._dataset.info
     if self.classes:
       self._dataset = _class_subset(config, self.classes)
       info = self._dataset.info
@@ -226,5 +230,6 @@ def make(config: Any, *, classes: Sequence[int] = ()) -> ImageData | TextData:
     if classes:
       raise data.DataError("class subsets apply to image datasets, not to text")
     return TextData(config)
-  info = data.get_info(config.data.name, data_dir=config.data.data_dir or None)
+  info = data.get_info(config.data.name, data_dir=config.data.data_dir or None,
+                       image_size=config.data.image_size or None)
   return ImageData(config, info, classes=classes)

@@ -362,6 +362,9 @@ def test_quickstart_on_real_mnist(tmp_path, kind):
   mnist_to_idx.write_mnist(out, splits, gz=True, npz=kind == "npz")
   name = f"idx:{out}" if kind == "idx" else f"npz:{out}/mnist.npz"
   assert data.get_info(name).num_train == 60000
-  results = run_quickstart(name, tmp_path / "workdir", "--config.data.eval_batch_size=1000")
+  # The quickstart's 400 teacher steps of 64 are under half an MNIST epoch (cnn_small reached
+  # 89.35% there); a longer teacher run clears 90%.
+  results = run_quickstart(name, tmp_path / "workdir", "--config.data.eval_batch_size=1000",
+                           "--config.teacher.total_steps=1500")
   assert results["teacher"]["accuracy"] > 0.9
   assert results["teacher"]["count"] == 10000

@@ -34,7 +34,7 @@ def assert_same_results(results, reference_results):
       assert results[run].get(key) == reference_results[run].get(key), (run, key)
 
 
-def wait_for(path, process, timeout=120):
+def wait_for(path, process, timeout=600):
   deadline = time.time() + timeout
   while not os.path.isdir(path):
     if process.poll() is not None:

@@ -1,8 +1,10 @@
 """Shared pieces of the training tests: the tiny config, one finished reference workdir."""
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,3 +64,20 @@ def fixture_reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   results = train.train_and_evaluate(tiny(), workdir)
   return workdir, results
+
+
+def run_cli(*args, timeout=1500):
+  """Runs ``python -m kdjax.main ARGS`` to the end; fails the test unless it exits 0."""
+  process = cli(*args)
+  _, err = process.communicate(timeout=timeout)
+  assert process.returncode == 0, err[-3000:]
+
+
+def kill_when(path, *args):
+  """Starts ``python -m kdjax.main ARGS`` and SIGKILLs it as soon as ``path`` exists."""
+  process = cli(*args)
+  while not os.path.isdir(path):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()

@@ -1,14 +1,12 @@
 """configs/compress.py on the engine: pruned and int8 students, exports checked in their runtimes."""
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from kdjax import train
-from tests.train.conftest import REPO, cli, train_losses
+from tests.train.conftest import REPO, kill_when, run_cli, train_losses
 
 pytest.importorskip("qwix")
 pytest.importorskip("onnxruntime")
@@ -21,9 +19,7 @@ SHORT = ["--config.total_steps=40", "--config.teacher.total_steps=40", "--config
 
 
 def run(workdir, *extra):
-  process = cli(f"--config={CONFIG}", f"--workdir={workdir}", *SHORT, *extra)
-  _, err = process.communicate(timeout=1500)
-  assert process.returncode == 0, err[-3000:]
+  run_cli(f"--config={CONFIG}", f"--workdir={workdir}", *SHORT, *extra)
   return train.read_results(workdir)
 
 
@@ -60,13 +56,8 @@ def test_pruned_run_resumes_exactly_after_sigkill(tmp_path):
   reference = str(tmp_path / "reference")
   run(reference, *args)
   workdir = str(tmp_path / "killed")
-  process = cli(f"--config={CONFIG}", f"--workdir={workdir}", *SHORT, *args)
-  first = os.path.join(workdir, "student_kd_pruned", "checkpoints", "5")
-  while not os.path.isdir(first):
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  kill_when(os.path.join(workdir, "student_kd_pruned", "checkpoints", "5"),
+            f"--config={CONFIG}", f"--workdir={workdir}", *SHORT, *args)
   assert "student_kd_pruned" not in train.read_results(workdir)
   results = run(workdir, *args)
   want = train.read_results(reference)

@@ -1,14 +1,12 @@
 """Every strategy config runs on the engine; mutual learning resumes exactly after SIGKILL."""
 import importlib.util
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from kdjax import train
-from tests.train.conftest import REPO, cli, train_losses
+from tests.train.conftest import REPO, kill_when, run_cli, train_losses
 
 CONFIGS = {
     "strategies/mutual.py": {"alone_0", "alone_1", "mutual"},
@@ -69,22 +67,11 @@ def test_mutual_resumes_exactly_after_sigkill(tmp_path):
           "--config.total_steps=30", "--config.log_every=1", "--config.eval_every=15",
           "--config.checkpoint_every=5", "--config.progress_bar=False"]
   reference = str(tmp_path / "reference")
-  process = cli(*args, f"--workdir={reference}")
-  _, err = process.communicate(timeout=900)
-  assert process.returncode == 0, err[-3000:]
-
+  run_cli(*args, f"--workdir={reference}")
   workdir = str(tmp_path / "killed")
-  process = cli(*args, f"--workdir={workdir}")
-  first = os.path.join(workdir, "mutual", "checkpoints", "5")
-  while not os.path.isdir(first):
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  kill_when(os.path.join(workdir, "mutual", "checkpoints", "5"), *args, f"--workdir={workdir}")
   assert "mutual" not in train.read_results(workdir)
-  process = cli(*args, f"--workdir={workdir}")
-  _, err = process.communicate(timeout=900)
-  assert process.returncode == 0, err[-3000:]
+  run_cli(*args, f"--workdir={workdir}")
 
   want, got = train.read_results(reference), train.read_results(workdir)
   assert set(got) == set(want) == {"alone_0", "alone_1", "mutual"}

@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from kdjax import losses
 from kdjax.objectives import Term, masked_mean, select
 from kdjax.objectives._base import as_tuple, Needs, taps_of
 from kdjax.objectives import _adapters
@@ -78,11 +79,11 @@ def vid(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key], hidden: i
     for sk, tk in zip(s_keys, t_keys):
       s = select(student_out, sk, side="student")
       t = select(teacher_out, tk, side="teacher")
-      if s.shape[:-1] != t.shape[:-1]:
-        raise ValueError(f"vid pairs student {sk!r} {s.shape} with teacher {tk!r} {t.shape}; their "
-                         "batch and spatial shapes must match (the regressor maps channels only), "
-                         "so tap stages of the same resolution")
-      out.append((s, t))
+      if s.shape[0] != t.shape[0] or s.ndim != t.ndim:
+        raise ValueError(f"vid pairs student {sk!r} {s.shape} with teacher {tk!r} {t.shape}; they "
+                         "need the same batch size and rank (the regressor maps channels only)")
+      # Maps of different resolution: the larger is adaptive-average-pooled, as the reference.
+      out.append(losses.match_spatial(s, t) if s.ndim > 2 else (s, t))
     return out
 
   def projector(channels):

@@ -65,8 +65,17 @@ def test_variances_train_and_loss_falls():
   assert losses[-1] < losses[0] - 0.1, losses
 
 
-def test_mismatched_resolutions_name_the_fix():
-  s_out = Outputs(jnp.zeros((2, 3)), {"f": jnp.zeros((2, 4, 4, 3))})
-  t_out = Outputs(jnp.zeros((2, 3)), {"f": jnp.zeros((2, 2, 2, 3))})
-  with pytest.raises(ValueError, match="same resolution"):
-    strategies.vid(student="f", teacher="f").init(jax.random.key(0), s_out, t_out, {})
+def test_different_resolutions_pool_the_larger_map_like_the_reference():
+  rng = np.random.default_rng(0)
+  big = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+  small = rng.standard_normal((2, 2, 2, 5)).astype(np.float32)
+  pooled = big.reshape(2, 2, 2, 2, 2, 3).mean(axis=(2, 4))  # 2x2 average pooling, by hand
+  term = strategies.vid(student="f", teacher="f")
+  outputs = lambda s, t: (Outputs(jnp.zeros((2, 3)), {"f": jnp.asarray(s)}),
+                          Outputs(jnp.zeros((2, 3)), {"f": jnp.asarray(t)}))
+  params, state = term.init(jax.random.key(0), *outputs(big, small), {})
+  loss, _, _ = term.apply(params, state, *outputs(big, small), {}, 0)
+  want, _, _ = term.apply(params, state, *outputs(pooled, small), {}, 0)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+  with pytest.raises(ValueError, match="same batch size and rank"):
+    term.init(jax.random.key(0), *outputs(big[:1], small), {})

@@ -165,3 +165,16 @@ def test_a_student_that_cannot_be_built_fails_before_the_teacher_trains(tmp_path
   assert not workdir.exists() or not any(workdir.iterdir())
   train.train_and_evaluate(tiny(**{"total_steps": 2, "teacher.total_steps": 2,
                                    "checkpoint_every": 2, "eval_every": 0}), str(workdir))
+
+
+def test_checked_first_steps_stop_a_diverging_run_naming_the_step(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny(**{"teacher.optimizer.learning_rate": 1e30, "teacher.optimizer.name": "sgd",
+                   "checkpoint_every": 1, "teacher.total_steps": 20, "checks": True,
+                   "checked_steps": 20})
+  with pytest.raises(train.NonFiniteLossError) as caught:
+    train.train_and_evaluate(config, workdir)
+  error = caught.value
+  assert error.run == "teacher" and 1 < error.step <= 20
+  assert "not finite" in str(error) and f"at step {error.step}" in str(error)
+  assert "\n" not in str(error) and "teacher" not in train.read_results(workdir)

@@ -15,7 +15,7 @@ CONFIG = os.path.join(REPO, "configs", "compress.py")
 SHORT = ["--config.total_steps=40", "--config.teacher.total_steps=40", "--config.compress.steps=20",
          "--config.compress.prune_end=10", "--config.compress.prune_frequency=2",
          "--config.eval_every=0", "--config.checkpoint_every=5", "--config.log_every=1",
-         "--config.progress_bar=False"]
+         "--config.progress_bar=False", "--config.checks=False"]
 
 
 def run(workdir, *extra):

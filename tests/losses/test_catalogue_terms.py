@@ -135,9 +135,3 @@ def test_every_catalogue_kind_in_one_objective_through_distill_step():
   assert set(KINDS) <= set(metrics)
   # FT's first step is the paraphraser's pre-training (its reconstruction is the term's value).
   assert "factor_transfer/reconstruction" in metrics
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_each_catalogue_kind_alone_through_distill_step(kind):
-  _train((kind,))

@@ -10,7 +10,6 @@ run again, so the same command resumes a pipeline wherever it stopped.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from typing import Any
@@ -25,6 +24,7 @@ from kdjax.train import execute as execute_lib
 from kdjax.train import rundata
 from kdjax.train import runs as runs_lib
 from kdjax.train import compress_runs
+from kdjax.train import lock
 from kdjax.train import strategy_runs  # noqa: F401  (registers the mutual and lwf kinds)
 from kdjax.train.actions import PreemptionWatch
 from kdjax.train.errors import ConfigError, TrainError, WorkdirError
@@ -108,10 +108,6 @@ def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[runs_lib.Con
 
 
 def _lock(workdir: Workdir):
-  try:
-    from kdjax.train import lock  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return contextlib.nullcontext()
   return lock.WorkdirLock(workdir.path, is_main=is_main())
 
 
@@ -180,10 +176,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
 def _checked_first(n: int):
   """The run's first ``n`` steps through ``kdjax.checked`` (value checks), then the plain step."""
   def make(runner):
-    try:
-      from kdjax import checked  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      return runner.step
+    from kdjax import checked  # pylint: disable=g-import-not-at-top  (kdjax imports kdjax.train)
     checked_runner = None
     count = {"steps": 0}
 

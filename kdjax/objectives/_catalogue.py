@@ -12,7 +12,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kdjax import losses
 from kdjax.losses._multilevel import MLKD_TEMPERATURES
@@ -225,7 +224,7 @@ def _params_at(params: Mapping[str, Any], path: str):
   return node
 
 
-def ofd_margins_from_model(teacher_model, bn_paths: Sequence[str]) -> list[np.ndarray]:
+def ofd_margins_from_model(teacher_model, bn_paths: Sequence[str]) -> list[jax.Array]:
   """OFD margins from a teacher's BatchNorm parameters at ``bn_paths`` (``'/'``-joined)."""
   margins = []
   for path in bn_paths:
@@ -235,7 +234,7 @@ def ofd_margins_from_model(teacher_model, bn_paths: Sequence[str]) -> list[np.nd
                        f"the teacher has no BatchNorm parameters (scale, bias) at {path!r}; pass "
                        "teacher_bn=(paths of those BatchNorm modules, e.g. 'stage3/block_0/bn2') "
                        "or margins=(arrays from kdjax.losses.ofd_margin)")
-    margins.append(np.asarray(losses.ofd_margin(bn["scale"], bn["bias"])))
+    margins.append(jnp.asarray(losses.ofd_margin(bn["scale"], bn["bias"]), jnp.float32))
   return margins
 
 
@@ -261,7 +260,8 @@ def ofd(*, student: Sequence[Key], teacher: Sequence[Key], teacher_model: Any = 
     if len(bn_paths) != n:
       raise ValueError(f"ofd needs one teacher BatchNorm path per tap pair ({n}), got {bn_paths}")
     margins = ofd_margins_from_model(teacher_model, bn_paths)
-  margins = tuple(np.asarray(m, np.float32) for m in margins)
+  # jnp, not np: a teacher built shape-only (the run layer's preflight) gives traced margins.
+  margins = tuple(jnp.asarray(m, jnp.float32) for m in margins)
   if len(margins) != n:
     raise ValueError(f"ofd got {len(margins)} margins for {n} tap pairs")
 
@@ -292,9 +292,10 @@ def dense_head_from_model(teacher_model, path: str = "head") -> Callable[[jax.Ar
     raise ValueError(f"srd runs the student's features through the teacher's classifier, but the "
                      f"teacher has no dense layer at {path!r}; pass teacher_head_path=... or "
                      "teacher_head=(a function features -> logits)")
-  kernel = np.asarray(head["kernel"], np.float32)
-  bias = np.asarray(head["bias"], np.float32) if "bias" in head else np.zeros(
-      kernel.shape[-1], np.float32)
+  # jnp, not np: a teacher built shape-only (the run layer's preflight) has traced parameters.
+  kernel = jax.lax.stop_gradient(jnp.asarray(head["kernel"], jnp.float32))
+  bias = (jax.lax.stop_gradient(jnp.asarray(head["bias"], jnp.float32)) if "bias" in head
+          else jnp.zeros(kernel.shape[-1], jnp.float32))
 
   def apply_head(x):
     return x.astype(jnp.float32) @ kernel + bias[None, :]

@@ -13,6 +13,7 @@ The teacher is trained with the same protocol at learning rate 0.05, in ``WORKDI
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import ml_collections
 
@@ -123,6 +124,73 @@ def last_stages(pair: str | None = None) -> tuple[str, str]:
   """The (student, teacher) stages of the pair's last equal-resolution maps (FT's factors)."""
   student, teacher_layers = get_pair(pair).attention
   return student[-1], teacher_layers[-1]
+
+
+def _resnet_blocks(model: str) -> tuple[tuple[int, ...], str]:
+  """Blocks per stage of a zoo CIFAR ResNet and the name of its blocks' last BatchNorm."""
+  if model == "resnet50":
+    return (3, 4, 6, 3), "bn3"
+  n = (int(re.fullmatch(r"resnet(\d+)(x4)?", model).group(1)) - 2) // 6
+  return (n, n, n), "bn2"
+
+
+def preact(model: str, stage: str) -> str:
+  """The tap of ``model``'s ``stage`` output before its last ReLU (AB and OFD read these maps).
+
+  ResNets: the last block's last BatchNorm (before the residual addition, where the references
+  take the sum); VGG: the group's last BatchNorm. Wide ResNets (pre-activation blocks) and
+  MobileNetV2 (linear bottlenecks) end their stages without a ReLU, so the stage output itself;
+  ShuffleNetV2 units end in a concatenation, whose ReLU'd half this tap includes (RepDistiller's
+  pre-activation map concatenates the half before its ReLU).
+  """
+  k = int(stage.removeprefix("stage"))
+  if model.startswith("resnet"):
+    blocks, bn = _resnet_blocks(model)
+    return f"{stage}/block_{blocks[k - 1] - 1}/{bn}"
+  if model.startswith("vgg"):
+    from kdjax.models.zoo import _vgg  # pylint: disable=import-outside-toplevel
+    return f"{stage}/bn{len(_vgg.CONFIGS[int(model[3:])][k]) - 1}"
+  return stage
+
+
+def bn_before_relu(model: str, stage: str) -> str:
+  """The teacher BatchNorm whose parameters give OFD's margin for ``stage`` (mdistiller's
+  ``get_bn_before_relu``): the BatchNorm of :func:`preact`, or for a Wide ResNet the one its
+  stage output enters next (the next stage's first ``bn1``, or the final ``bn``)."""
+  if model.startswith("wrn"):
+    k = int(stage.removeprefix("stage"))
+    return "bn" if k == 3 else f"stage{k + 1}/block_0/bn1"
+  if model.startswith(("resnet", "vgg")):
+    return preact(model, stage)
+  raise ValueError(f"OFD's margins need the teacher's BatchNorm before a ReLU; no rule for "
+                   f"{model!r} (pass the ofd term's teacher_bn= paths)")
+
+
+def preact_term(pair: str | None, kind: str, **kwargs) -> dict:
+  """A ``kind`` term (``activation_boundary``, ``ofd``) on the pair's equal-resolution stages
+  (:attr:`Pair.attention`), tapped before their last ReLU."""
+  p = get_pair(pair)
+  student, teacher_layers = p.attention
+  term = {"kind": kind, "student": tuple(preact(p.student, s) for s in student),
+          "teacher": tuple(preact(p.teacher, s) for s in teacher_layers), **kwargs}
+  if kind == "ofd":
+    term["teacher_bn"] = tuple(bn_before_relu(p.teacher, s) for s in teacher_layers)
+  return term
+
+
+def fsp_layers(pair: str | None) -> tuple[str, ...]:
+  """The maps FSP pairs consecutively (RepDistiller's ``feat[:-1]``: the stem and every stage);
+  FSP matrices compare only where student and teacher have equal channel counts at each map."""
+  p = get_pair(pair)
+  families = {p.teacher.rstrip("0123456789x_"), p.student.rstrip("0123456789x_")}
+  if families == {"resnet"} or families == {"wrn"}:
+    return ("stem", "stage1", "stage2", "stage3")
+  if families == {"vgg"}:
+    return ("stem", "stage1", "stage2", "stage3", "stage4")
+  raise ValueError(f"FSP compares maps of equal channel counts, which {p.teacher} and "
+                   f"{p.student} do not have (RepDistiller reports no FSP number for this pair); "
+                   "use a pair of one family, e.g. --config=configs/cifar100/fsp.py:"
+                   f"{DEFAULT_PAIR}")
 
 
 # Stages before distillation, in epochs, as RepDistiller's ``init_epochs`` (they are added to the

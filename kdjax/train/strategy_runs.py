@@ -101,7 +101,8 @@ def _restricted_eval(allowed: np.ndarray):
 
     def apply(params, model_state, inputs, **kwargs):
       out, new_state = state.student_apply(params, model_state, inputs, **kwargs)
-      return out.replace(logits=out.logits.astype(jnp.float32) + penalty), new_state
+      logits = out.logits.astype(jnp.float32)
+      return out.replace(logits=logits + jnp.broadcast_to(penalty, logits.shape)), new_state
 
     return step_lib.eval_step(state.replace(student_apply=apply), batch)
 

@@ -10,8 +10,9 @@ per seed, and prints the errors beside the paper's:
   python examples/mnist_to_idx.py --out=/tmp/mnist    # as IDX files (add --npz for mnist.npz)
   python examples/hinton_mnist.py --data=idx:/tmp/mnist --seeds 0 1 2 --workdir=/tmp/hinton
 
-Full mode (the default) trains the teacher for 12 epochs and each student for 5 (about 10,300
-steps of batch 128 in all; docs/benchmarks.md has the measured numbers and times).
+Full mode (the default) trains the teacher for 12 epochs and each student for 20 (24,375
+steps of batch 128 in all, about 10 minutes per seed on a quiet 2-core CPU; docs/benchmarks.md
+has the measured numbers and times).
 ``--quick`` runs a few hundred steps per model, to check the pipeline. Each seed's stages live in
 ``<workdir>/seed<k>/{teacher,baseline,distilled}`` and resume when run again;
 ``<workdir>/summary.json`` collects the errors.

@@ -124,10 +124,12 @@ def _nm_shape_error(path: str, shape, m: int) -> ValueError:
 
 
 def _unstructured_mask(weights: jax.Array, alive: jax.Array, sparsity: jax.Array) -> jax.Array:
-  """Keeps the ``size - round(sparsity * size)`` largest-magnitude entries among the alive ones."""
+  """Keeps the ``size - ceil(sparsity * size)`` largest-magnitude entries among the alive ones."""
   n = weights.size
   magnitude = jnp.where(alive, jnp.abs(weights), -1.0).reshape(-1)  # dead weights stay dead
-  n_prune = jnp.round(sparsity * np.float32(n)).astype(jnp.int32)
+  # The fewest zeros that reach the target; the slack absorbs float32 rounding of the product,
+  # so an exact product (0.8 x 1000) is not taken one weight further.
+  n_prune = jnp.ceil(sparsity * np.float32(n) - np.float32(1e-6 * n)).astype(jnp.int32)
   order = jnp.argsort(magnitude, stable=True)  # ascending; ties broken by position
   rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
   return (rank >= n_prune).reshape(weights.shape)
@@ -156,9 +158,9 @@ def magnitude_pruning(sparsity: float = 0.8, *, begin_step: int = 0, end_step: i
 
   * ``structure='unstructured'``: on the update steps of :func:`polynomial_sparsity`
     (``begin_step + k * frequency <= end_step``, and ``end_step`` itself) each pruned layer's mask
-    is recomputed so that exactly ``round(s_t * size)`` of its weights are zero: the
-    smallest-magnitude entries of ``w + u`` among the weights still alive (pruned weights never
-    return, so the masks are nested).
+    is recomputed so that exactly ``ceil(s_t * size)`` of its weights are zero (never below the
+    target): the smallest-magnitude entries of ``w + u`` among the weights still alive (pruned
+    weights never return, so the masks are nested).
   * ``structure='n:m'``: at ``begin_step`` each pruned layer keeps the ``n`` largest-magnitude
     weights of every group of ``m`` consecutive input features (axis -2: the input axis of Flax
     ``Dense`` ``[in, out]`` and ``Conv`` ``[kh, kw, in, out]`` kernels), the 2:4 pattern of

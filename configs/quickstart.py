@@ -17,7 +17,9 @@ def get_config():
 
   config.teacher.model = "cnn_small"
   config.teacher.total_steps = 400
-  config.teacher.optimizer.learning_rate = 0.05
+  # 0.2 rather than 0.05: the same 400 steps then also train the teacher well past 90% on real
+  # MNIST (--config.data.name=idx:<dir>), where 0.05 stops short (89%).
+  config.teacher.optimizer.learning_rate = 0.2
 
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (8,)}

@@ -15,6 +15,9 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp")
+CACHE_VALUE_DTYPES = ("float16", "bfloat16", "float32")
+CACHE_MODES = ("renormalize", "remainder")
+CACHE_ON_STALE = ("rebuild", "error")
 
 
 def _require(ok: bool, message: str):
@@ -165,5 +168,24 @@ def validate(c: Mapping):
   _check_optimizer(c["teacher"]["optimizer"], "teacher.optimizer", c["teacher"]["total_steps"])
   _check_objective(c["objective"])
   check_stages(c["stages"], c["objective"], c["total_steps"])
+  _check_teacher_cache(c)
+
+
+def _check_teacher_cache(c: Mapping):
+  tc = c["teacher_cache"]
+  _require(isinstance(tc["enabled"], bool),
+           f"config.teacher_cache.enabled must be True or False, got {tc['enabled']!r}")
+  _check_positive_int(c, "teacher_cache.replay_epochs")
+  for key in ("k", "batch_size", "chunk_size"):
+    _check_positive_int(c, f"teacher_cache.{key}", minimum=0)
+  for key, allowed in (("values_dtype", CACHE_VALUE_DTYPES), ("mode", CACHE_MODES),
+                       ("on_stale", CACHE_ON_STALE)):
+    _require(tc[key] in allowed,
+             f"config.teacher_cache.{key}={tc[key]!r}; use one of {allowed}")
+  augment = c["data"]["augment"]
+  _require(not (tc["enabled"] and (augment["mixup_alpha"] > 0 or augment["cutmix_alpha"] > 0)),
+           "config.teacher_cache.enabled=True with mixup / CutMix: a mixed view depends on its "
+           "batch partner, so the teacher's outputs on it cannot be cached; set "
+           "config.data.augment.mixup_alpha and cutmix_alpha to 0 or turn the teacher cache off")
 
 

@@ -32,6 +32,8 @@ RUNTIME_KEYS = (
     "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
     "parallel", "mesh", "shard_teacher", "shard_student", "data.data_dir",
     "data.worker_count", "data.eval_batch_size", "logging", "checks", "checked_steps", "export",
+    "teacher_cache.batch_size", "teacher_cache.chunk_size", "teacher_cache.dir",
+    "teacher_cache.on_stale",
 )
 
 
@@ -152,6 +154,19 @@ def base_config() -> ml_collections.ConfigDict:
       "act_bits": 8,  # 0: float activations
       "keep_float": (),  # regexes of module paths left in float
       "steps": 0,  # steps of each compression run (0: total_steps)
+  })
+  # Offline teacher (kdjax.teacher_cache): distill runs read the teacher's outputs on replayed
+  # views from a cache built once, and the training step runs no teacher forward.
+  c.teacher_cache = ml_collections.ConfigDict({
+      "enabled": False,
+      "replay_epochs": 4,  # distinct augmented views per example (epoch e shows view e mod E)
+      "k": 0,  # top-k logits kept per view (0: all of them; exact KD)
+      "values_dtype": "float16",  # float16 | bfloat16 | float32
+      "mode": "renormalize",  # renormalize (raw logits, any temperature) | remainder
+      "batch_size": 0,  # examples per teacher forward while building (0: data.eval_batch_size)
+      "chunk_size": 0,  # examples per resumable unit of the build (0: 8 x batch_size)
+      "dir": "",  # "" = WORKDIR/teacher_cache; one subdirectory per teacher run
+      "on_stale": "rebuild",  # a cache of another teacher or other settings: rebuild | error
   })
   # Export of the students after the runs (kdjax.export): formats among stablehlo, onnx.
   c.export = ml_collections.ConfigDict({"formats": (), "batch_size": 0})

@@ -42,6 +42,8 @@ class RunPlan:
     fix_hint: how to fix a NaN (which config keys to change).
     step_fn: ``(runner) -> (state, batch) -> (state, metrics)``; ``runner.step`` by default
       (the pipeline wraps it to run the first steps checked).
+    prepare: ``(watch) -> None``: work the run needs done before its state and data are built
+      (building its teacher cache), given the run's :class:`PreemptionWatch`; resumable.
   """
 
   name: str
@@ -56,6 +58,7 @@ class RunPlan:
   learning_rate: Callable[[int], Any] | None = None
   fix_hint: str = ""
   step_fn: Callable[[Any], Callable] | None = None
+  prepare: Callable[[actions_lib.PreemptionWatch], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,8 @@ def _translated(step_fn: Callable, run: str, start: int,
 def execute(plan: RunPlan, workdir: Workdir, settings: Settings,
             watch: actions_lib.PreemptionWatch) -> tuple[dict[str, Any], Any]:
   """Trains (or resumes) ``plan`` to its last step; returns its results entry and host state."""
+  if plan.prepare is not None:
+    plan.prepare(watch)
   runner = plan.make_runner()
   placed = runner.put_state(plan.init_state())
   checkpointer = ckpt_lib.Checkpointer(workdir.checkpoint_dir(plan.name),

@@ -87,7 +87,8 @@ def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[runs_lib.Con
   work. Returns the context (switched to real models) and ``[(declaration, plan)]``."""
   decls = runs_lib.declarations(config)
   ctx = runs_lib.Context(config=config, data=run_data, checkpoint_dir=workdir.checkpoint_dir,
-                         decls={d["name"]: d for d in decls}, abstract=True)
+                         decls={d["name"]: d for d in decls}, abstract=True,
+                         workdir=workdir.path)
   _check_devices(config, ctx.runner().num_devices)
   largest, plans = 0, []
   for decl in decls:  # Trained teachers to load are read now, outside the shape-only traces.

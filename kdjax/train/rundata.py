@@ -74,11 +74,20 @@ class ImageData:
     d = self.config.data
     return dict(**_process_kwargs(), data_dir=d.data_dir or None, standardize=d.standardize)
 
-  def train_iterator(self, *, seed: int, batch_size: int) -> Any:
+  def train_iterator(self, *, seed: int, batch_size: int,
+                     replay_epochs: int | None = None) -> Any:
     d = self.config.data
     return data.make_train_iterator(
         self._dataset, global_batch_size=batch_size, seed=seed, augment=d.augment,
-        worker_count=d.worker_count, split=d.train_split, **self._kwargs())
+        worker_count=d.worker_count, split=d.train_split, replay_epochs=replay_epochs,
+        **self._kwargs())
+
+  def replay_views(self, *, seed: int, replay_epochs: int) -> data.ReplayViews:
+    """The views ``train_iterator(seed=seed, replay_epochs=replay_epochs)`` shows, by example."""
+    d = self.config.data
+    return data.make_replay_views(self._dataset, seed=seed, replay_epochs=replay_epochs,
+                                  augment=d.augment, data_dir=d.data_dir or None,
+                                  split=d.train_split, standardize=d.standardize)
 
   def eval_batches(self, split: str | None = None) -> Any:
     d = self.config.data

@@ -13,7 +13,9 @@ Kinds (fields beyond ``name`` and ``kind``; all optional unless said):
   agreement with.
 * ``distill``: trains ``model`` with ``objective`` (default ``config.objective`` and
   ``config.stages``) from ``teachers`` (run names; several are combined by
-  :func:`kdjax.strategies.ensemble_teacher` with ``combine``).
+  :func:`kdjax.strategies.ensemble_teacher` with ``combine``). With
+  ``config.teacher_cache.enabled`` its one teacher's outputs are read from a cache built before
+  the run (:mod:`kdjax.train.cache_runs`) and the step runs no teacher.
 * ``load``: the trained teacher of ``config.teacher.checkpoint``, only evaluated.
 * ``mutual``, ``lwf``: see :mod:`kdjax.train.strategy_runs`.
 
@@ -35,6 +37,7 @@ from kdjax import parallel
 from kdjax import step as step_lib
 from kdjax import strategies
 from kdjax.train import builders
+from kdjax.train import cache_runs
 from kdjax.train import checkpoint as ckpt_lib
 from kdjax.train import rundata
 from kdjax.train.errors import ConfigError
@@ -104,6 +107,7 @@ class Context:
 
   ``abstract``: set while the pipeline checks every run with ``jax.eval_shape`` before anything
   is written; earlier runs' models are then freshly initialised instead of read from disk.
+  ``workdir``: the workdir's path (where a teacher cache goes unless the config says).
   """
 
   config: Any
@@ -111,6 +115,7 @@ class Context:
   checkpoint_dir: Callable[[str], str]
   decls: Mapping[str, Mapping[str, Any]]
   abstract: bool = False
+  workdir: str = ""
   _trained: dict = dataclasses.field(default_factory=dict)
 
   def data_for(self, decl: Mapping[str, Any]) -> Any:
@@ -207,14 +212,15 @@ def optimizer_of(ctx: Context, decl: Mapping[str, Any], data: Any):
 
 
 def student_plan(ctx: Context, decl: Mapping[str, Any], *, make_objective, teacher=None,
-                 eval_teacher=None, make_student=None, evaluate=None) -> RunPlan:
+                 eval_teacher=None, make_student=None, evaluate=None, data=None) -> RunPlan:
   """The plan of a run that trains one model with a ``DistillState`` (most kinds).
 
   ``make_objective()`` builds the objective when the state is built (once per run; traced
   shape-only by the pipeline's checks), and its ``needs`` choose the student's taps;
-  ``teacher(objective)`` gives the teacher tapping what the objective reads.
+  ``teacher(objective)`` gives the teacher tapping what the objective reads. ``data``: the run's
+  data, when it is not ``ctx.data_for(decl)`` (a stream carrying a teacher cache).
   """
-  c, data = ctx.config, ctx.data_for(decl)
+  c, data = ctx.config, data if data is not None else ctx.data_for(decl)
   section, seed = decl.get("model", "student"), decl.get("seed", 0)
   tx, schedule, hint = optimizer_of(ctx, decl, data)
 
@@ -269,6 +275,8 @@ def distill(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
   data = ctx.data_for(decl)
   spec = decl.get("objective") or ctx.config.objective
   stages = () if decl.get("objective") else ctx.config.stages
+  if ctx.config.teacher_cache.enabled:
+    return _distill_on_cache(ctx, decl, data, spec, stages)
 
   def make_objective():
     untapped = ctx.trained(names[0]) if len(names) == 1 else None
@@ -284,6 +292,25 @@ def distill(ctx: Context, decl: Mapping[str, Any]) -> RunPlan:
     return strategies.ensemble_teacher(found, combine=decl.get("combine", "mean_logits"))
 
   return student_plan(ctx, decl, make_objective=make_objective, teacher=teacher)
+
+
+def _distill_on_cache(ctx: Context, decl: Mapping[str, Any], data: Any, spec: Any,
+                      stages: Any) -> RunPlan:
+  """A ``distill`` run whose student trains on its teacher's cache (:mod:`cache_runs`)."""
+  spec = cache_runs.objective_on_cache(spec, ctx.config.teacher_cache, run=decl["name"])
+  cached = cache_runs.cached_data(ctx, decl, data, spec,
+                                  num_classes=model_classes(ctx, decl) or data.shapes.num_classes)
+  run = decl["teachers"][0]
+
+  def make_objective():
+    return builders.make_objective(
+        spec, stages=stages,
+        supplied={"num_data": data.shapes.num_train, "num_classes": data.shapes.num_classes})
+
+  plan = student_plan(ctx, decl, make_objective=make_objective, data=cached,
+                      eval_teacher=lambda: ctx.trained(run))
+  plan.prepare = cached.build
+  return plan
 
 
 @kind("load")

@@ -56,6 +56,7 @@ from kdjax.data import ReplayViews
 from kdjax.data import TrainIterator
 from kdjax.lm import TOPK_INDICES_KEY
 from kdjax.lm import TOPK_VALUES_KEY
+from kdjax.lm._terms import SPARSE_MODES
 from kdjax.lm import cached_sparse_kd_term
 from kdjax.models import Model
 
@@ -72,8 +73,15 @@ _BUILDING = "building.json"
 _UNITS = "units"
 _VALUES = "values.npy"
 _INDICES = "indices.npy"
-_VALUE_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
-_MODES = ("renormalize", "remainder")
+# What build_teacher_cache accepts (the run layer's config checks read these).
+VALUE_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+MODES = SPARSE_MODES
+ON_STALE = ("rebuild", "error")
+
+
+def index_dtype(num_classes: int) -> str:
+  """The dtype of a top-k cache's class indices: int16 up to 32768 classes, else int32."""
+  return "int16" if num_classes <= 2**15 else "int32"
 
 
 class TeacherCacheError(ValueError):
@@ -262,10 +270,10 @@ class CachedIterator(Iterator[dict]):
 
 
 def _check_build_args(k, mode, temperature, values_dtype, batch_size, chunk_size, num_classes):
-  if mode not in _MODES:
-    raise TeacherCacheError(f"mode must be one of {_MODES}, got {mode!r}")
-  if values_dtype not in _VALUE_DTYPES:
-    raise TeacherCacheError(f"values_dtype must be one of {sorted(_VALUE_DTYPES)}, got "
+  if mode not in MODES:
+    raise TeacherCacheError(f"mode must be one of {MODES}, got {mode!r}")
+  if values_dtype not in VALUE_DTYPES:
+    raise TeacherCacheError(f"values_dtype must be one of {sorted(VALUE_DTYPES)}, got "
                             f"{values_dtype!r}")
   if k is not None and (int(k) != k or not 1 <= k <= num_classes):
     raise TeacherCacheError(f"k must be None (all {num_classes} logits) or an int in "
@@ -356,7 +364,7 @@ def load_teacher_cache(directory: str | os.PathLike, *,
     raise TeacherCacheError(f"the teacher cache in {directory} is unreadable ({e}); remove it "
                             "and build it again") from None
   problems = []
-  if values.shape != shape or values.dtype != _VALUE_DTYPES[meta["values_dtype"]]:
+  if values.shape != shape or values.dtype != VALUE_DTYPES[meta["values_dtype"]]:
     problems.append(f"values are {values.dtype}{list(values.shape)}, expected "
                     f"{meta['values_dtype']}{list(shape)}")
   if indices is not None and (indices.shape != shape or indices.dtype != meta["indices_dtype"]):
@@ -448,7 +456,7 @@ def build_teacher_cache(directory: str | os.PathLike,
   directory = os.fspath(directory)
   process_index = jax.process_index() if process_index is None else int(process_index)
   process_count = jax.process_count() if process_count is None else int(process_count)
-  if on_stale not in ("rebuild", "error"):
+  if on_stale not in ON_STALE:
     raise TeacherCacheError(f"on_stale must be 'rebuild' or 'error', got {on_stale!r}")
   if not isinstance(views, ReplayViews):
     raise TeacherCacheError("views must be a kdjax.data.ReplayViews; make it with "
@@ -468,7 +476,7 @@ def build_teacher_cache(directory: str | os.PathLike,
       "format": _FORMAT_VERSION, "teacher": dict(teacher_config or {"name": teacher.name}),
       "views": views.settings, "num_examples": n, "replay_epochs": e, "num_classes": num_classes,
       "k": k, "full": full, "mode": mode, "temperature": float(temperature),
-      "values_dtype": values_dtype, "indices_dtype": "int16" if num_classes <= 2**15 else "int32",
+      "values_dtype": values_dtype, "indices_dtype": index_dtype(num_classes),
   }
   fingerprint = teacher_fingerprint(teacher.params, teacher.model_state, settings)
 
@@ -507,7 +515,7 @@ def build_teacher_cache(directory: str | os.PathLike,
   replicated = NamedSharding(mesh, P())
   params = jax.device_put(teacher.params, replicated)
   model_state = jax.device_put(teacher.model_state, replicated)
-  value_dtype = _VALUE_DTYPES[values_dtype]
+  value_dtype = VALUE_DTYPES[values_dtype]
   mine = [u for u in range(e * n_chunks) if u % process_count == process_index]
   done = 0
   for u in mine:
@@ -573,7 +581,7 @@ def _assemble(directory, settings, fingerprint, e, n, k, n_chunks, chunk_size, f
         f"{len(missing)} of {e * n_chunks} units of the teacher cache in {directory} are missing "
         f"(e.g. unit {missing[0]}); run build_teacher_cache on every process (it resumes)")
   shape = (e, n, k)
-  disk_dtype = np.uint16 if settings["values_dtype"] == "bfloat16" else _VALUE_DTYPES[
+  disk_dtype = np.uint16 if settings["values_dtype"] == "bfloat16" else VALUE_DTYPES[
       settings["values_dtype"]]
   targets = [(_VALUES, "values", disk_dtype)]
   if not full:

@@ -28,7 +28,6 @@ from kdjax.train import builders
 from kdjax.train.errors import ConfigError, Preempted
 from kdjax.train.workdir import is_main
 
-_VALUE_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
 _KD_TEMPERATURE = inspect.signature(teacher_cache.cached_kd).parameters["temperature"].default
 
 
@@ -110,11 +109,11 @@ class CachedTeacherData:
 
   def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     b, k = batch_size, self.settings.k or self.num_classes
-    indices = jnp.int16 if self.num_classes <= 2**15 else jnp.int32
+    indices = teacher_cache.index_dtype(self.num_classes)
     return {**self.data.example_batch(b),
             teacher_cache.REPLAY_KEY: jax.ShapeDtypeStruct((b,), jnp.int32),
             teacher_cache.VALUES_KEY: jax.ShapeDtypeStruct(
-                (b, k), _VALUE_DTYPES[self.settings.values_dtype]),
+                (b, k), teacher_cache.VALUE_DTYPES[self.settings.values_dtype]),
             teacher_cache.INDICES_KEY: jax.ShapeDtypeStruct((b, k), indices)}
 
   def build(self, watch: Any = None) -> teacher_cache.CachedTeacher:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
+from kdjax import teacher_cache
 from kdjax.train.errors import ConfigError
 
 PARALLEL_MODES = ("jit", "pmap")
@@ -15,9 +16,6 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp")
-CACHE_VALUE_DTYPES = ("float16", "bfloat16", "float32")
-CACHE_MODES = ("renormalize", "remainder")
-CACHE_ON_STALE = ("rebuild", "error")
 
 
 def _require(ok: bool, message: str):
@@ -178,8 +176,8 @@ def _check_teacher_cache(c: Mapping):
   _check_positive_int(c, "teacher_cache.replay_epochs")
   for key in ("k", "batch_size", "chunk_size"):
     _check_positive_int(c, f"teacher_cache.{key}", minimum=0)
-  for key, allowed in (("values_dtype", CACHE_VALUE_DTYPES), ("mode", CACHE_MODES),
-                       ("on_stale", CACHE_ON_STALE)):
+  for key, allowed in (("values_dtype", tuple(teacher_cache.VALUE_DTYPES)),
+                       ("mode", teacher_cache.MODES), ("on_stale", teacher_cache.ON_STALE)):
     _require(tc[key] in allowed,
              f"config.teacher_cache.{key}={tc[key]!r}; use one of {allowed}")
   augment = c["data"]["augment"]

@@ -13,10 +13,13 @@ The teacher is trained with the same protocol at learning rate 0.05, in ``WORKDI
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import ml_collections
 
+from kdjax import models
+from kdjax.models import zoo
+from kdjax.models.zoo import _resnet
+from kdjax.models.zoo import _vgg
 from kdjax.train.config import base_config
 
 TRAIN_EXAMPLES = 50_000
@@ -126,12 +129,9 @@ def last_stages(pair: str | None = None) -> tuple[str, str]:
   return student[-1], teacher_layers[-1]
 
 
-def _resnet_blocks(model: str) -> tuple[tuple[int, ...], str]:
-  """Blocks per stage of a zoo CIFAR ResNet and the name of its blocks' last BatchNorm."""
-  if model == "resnet50":
-    return (3, 4, 6, 3), "bn3"
-  n = (int(re.fullmatch(r"resnet(\d+)(x4)?", model).group(1)) - 2) // 6
-  return (n, n, n), "bn2"
+def _module(model: str):
+  """The zoo's (unbound) module for ``model``: its fields give the stage layout."""
+  return models.get_model(model, num_classes=1)
 
 
 def preact(model: str, stage: str) -> str:
@@ -144,12 +144,12 @@ def preact(model: str, stage: str) -> str:
   pre-activation map concatenates the half before its ReLU).
   """
   k = int(stage.removeprefix("stage"))
-  if model.startswith("resnet"):
-    blocks, bn = _resnet_blocks(model)
-    return f"{stage}/block_{blocks[k - 1] - 1}/{bn}"
-  if model.startswith("vgg"):
-    from kdjax.models.zoo import _vgg  # pylint: disable=import-outside-toplevel
-    return f"{stage}/bn{len(_vgg.CONFIGS[int(model[3:])][k]) - 1}"
+  module = _module(model)
+  if isinstance(module, zoo.ResNet):
+    last_bn = "bn3" if module.block is _resnet.Bottleneck else "bn2"
+    return f"{stage}/block_{module.blocks[k - 1] - 1}/{last_bn}"
+  if isinstance(module, zoo.VGG):
+    return f"{stage}/bn{len(_vgg.CONFIGS[module.depth][k]) - 1}"
   return stage
 
 
@@ -157,10 +157,11 @@ def bn_before_relu(model: str, stage: str) -> str:
   """The teacher BatchNorm whose parameters give OFD's margin for ``stage`` (mdistiller's
   ``get_bn_before_relu``): the BatchNorm of :func:`preact`, or for a Wide ResNet the one its
   stage output enters next (the next stage's first ``bn1``, or the final ``bn``)."""
-  if model.startswith("wrn"):
+  module = _module(model)
+  if isinstance(module, zoo.WideResNet):  # three stages, then the final BatchNorm
     k = int(stage.removeprefix("stage"))
     return "bn" if k == 3 else f"stage{k + 1}/block_0/bn1"
-  if model.startswith(("resnet", "vgg")):
+  if isinstance(module, (zoo.ResNet, zoo.VGG)):
     return preact(model, stage)
   raise ValueError(f"OFD's margins need the teacher's BatchNorm before a ReLU; no rule for "
                    f"{model!r} (pass the ofd term's teacher_bn= paths)")
@@ -178,19 +179,29 @@ def preact_term(pair: str | None, kind: str, **kwargs) -> dict:
   return term
 
 
+def _map_channels(model: str) -> tuple[int, ...] | None:
+  """Channels of the stem's and every stage's output map, for the families FSP runs on."""
+  module = _module(model)
+  if isinstance(module, zoo.ResNet) and module.block is _resnet.BasicBlock:
+    return tuple(module.widths)
+  if isinstance(module, zoo.WideResNet):
+    return (16, 16 * module.widen_factor, 32 * module.widen_factor, 64 * module.widen_factor)
+  if isinstance(module, zoo.VGG):
+    return tuple(group[-1] for group in _vgg.CONFIGS[module.depth])
+  return None
+
+
 def fsp_layers(pair: str | None) -> tuple[str, ...]:
   """The maps FSP pairs consecutively (RepDistiller's ``feat[:-1]``: the stem and every stage);
   FSP matrices compare only where student and teacher have equal channel counts at each map."""
   p = get_pair(pair)
-  families = {p.teacher.rstrip("0123456789x_"), p.student.rstrip("0123456789x_")}
-  if families == {"resnet"} or families == {"wrn"}:
-    return ("stem", "stage1", "stage2", "stage3")
-  if families == {"vgg"}:
-    return ("stem", "stage1", "stage2", "stage3", "stage4")
-  raise ValueError(f"FSP compares maps of equal channel counts, which {p.teacher} and "
-                   f"{p.student} do not have (RepDistiller reports no FSP number for this pair); "
-                   "use a pair of one family, e.g. --config=configs/cifar100/fsp.py:"
-                   f"{DEFAULT_PAIR}")
+  channels = _map_channels(p.teacher)
+  if channels is None or channels != _map_channels(p.student):
+    raise ValueError(f"FSP compares maps of equal channel counts, which {p.teacher} and "
+                     f"{p.student} do not have (RepDistiller reports no FSP number for this "
+                     f"pair); use a pair of one family, e.g. --config=configs/cifar100/fsp.py:"
+                     f"{DEFAULT_PAIR}")
+  return ("stem",) + tuple(f"stage{k}" for k in range(1, len(channels)))
 
 
 # Stages before distillation, in epochs, as RepDistiller's ``init_epochs`` (they are added to the

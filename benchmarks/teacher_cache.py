@@ -43,7 +43,7 @@ def emit(record: dict) -> None:
 
 
 def kd_objective(temperature: float, cached: bool) -> objectives.Term:
-  kd = (teacher_cache.cached_kd(temperature=temperature) if cached else
+  kd = (objectives.cached_kd(temperature=temperature) if cached else
         objectives.kd(temperature=temperature))
   return objectives.combine({"ce": (objectives.cross_entropy(), 0.1), "kd": (kd, 0.9)})
 

@@ -1,9 +1,9 @@
 """The default config: every key kdjax reads, with its default value.
 
-The defaults live in ``kdjax.train.config.base_config()`` (so they can be imported from any
+The defaults live in ``kdjax.train.base_config()`` (so they can be imported from any
 directory); a variant config starts from them and overrides a few fields::
 
-  from kdjax.train.config import base_config
+  from kdjax.train import base_config
 
   def get_config():
     config = base_config()
@@ -16,7 +16,7 @@ Run it as is (a small CNN teacher and an MLP student on the bundled digits):
 
   python -m kdjax.main --config=configs/base.py --workdir=/tmp/kdjax_base
 """
-from kdjax.train.config import base_config
+from kdjax.train import base_config
 
 
 def get_config():

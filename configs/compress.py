@@ -9,11 +9,11 @@ Every student is exported to ``WORKDIR/export`` and checked in onnxruntime and a
 
   python -m kdjax.main --config=configs/compress.py --workdir=/tmp/kdjax_compress
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 
 def get_config():
-  config = presets.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
+  config = common.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.teacher.model = "cnn_small"
   config.teacher.total_steps = 400
   config.teacher.optimizer.learning_rate = 0.05

@@ -8,11 +8,11 @@ teacher, then prints a comparison table. Runs on a laptop CPU in well under a mi
 Try another seed with ``--config.seed=1``, or another objective term weight with
 ``--config.objective.kd.weight=0.5`` (use a new --workdir for each config).
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 
 def get_config():
-  config = presets.digits(batch_size=64, total_steps=500, eval_every=100, checkpoint_every=100)
+  config = common.digits(batch_size=64, total_steps=500, eval_every=100, checkpoint_every=100)
   config.seed = 0
 
   config.teacher.model = "cnn_small"

@@ -99,8 +99,7 @@ def fit_distill(state: kdjax.DistillState, batches: Iterator[Mapping[str, Any]],
     state = kdjax.train.fit(state, jax.jit(kdjax.distill_step), batches, total_steps=steps,
                             actions=[actions.NanGuard(nonfinite),
                                      actions.LogMetrics(writer, every=log_every,
-                                                        examples_per_step=batch_size,
-                                                        start_step=0),
+                                                        examples_per_step=batch_size),
                                      actions.Evaluate(evaluate_last, writer, every=0)])
   finally:
     writer.close()

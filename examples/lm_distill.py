@@ -27,9 +27,9 @@ import numpy as np
 
 import kdjax
 from kdjax import lm
+from kdjax.train import kinds
 from kdjax.train import pipeline
 from kdjax.train import rundata
-from kdjax.train import runs
 
 import _runs
 
@@ -38,16 +38,15 @@ def cached_topk_run(config, path: str, k: int) -> dict[str, float]:
   """The config's student distilled from a top-``k`` cache of the trained ``teacher`` run."""
   start = time.time()
   config, data = pipeline.resolve(config)
-  ctx = runs.Context(config=config, data=data,
-                     checkpoint_dir=lambda run: os.path.join(path, run, "checkpoints"),
-                     decls={d["name"]: d for d in runs.declarations(config)})
+  ctx = kinds.Context(config=config, data=data, workdir=path,
+                      decls={d.name: d for d in kinds.declarations(config)})
   cache = lm.TeacherCache.build(ctx.trained("teacher"), data.train["tokens"], k, batch_size=128)
   arrays = cache.attach(data.train)
   kd = config.objective["kd"]
   objective = kdjax.objectives.combine({
       "ce": (lm.token_cross_entropy_term(), config.objective["ce"]["weight"]),
       "kd": (cache.term(temperature=kd["temperature"]), kd["weight"])})
-  tx, _, _ = runs.optimizer_of(ctx, {"model": "student"}, data)
+  tx, _, _ = kinds.base.optimizer_of(ctx, ctx.decls["student"], data)
   b = config.batch_size
   state = kdjax.DistillState.create(
       student=ctx.model("student"), teacher=None, objective=objective, tx=tx,

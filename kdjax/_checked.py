@@ -19,7 +19,7 @@ what the compiled function returns.
 Cost: the checks are a few reductions per step, plus one device-to-host read of the error
 flag per step, which ends the overlap of consecutive steps (measured in
 ``benchmarks/step_overhead.py --checked``). The run layer therefore checks only the first steps
-of a run (``config.checks``).
+of a run (``config.checked_steps``; 0 turns them off).
 """
 from __future__ import annotations
 
@@ -32,9 +32,30 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-__all__ = ["checked"]
+__all__ = ["CheckFailed", "NonFinite", "checked"]
 
 _CHECKED_ATTR = "__kdjax_checked__"
+
+
+class CheckFailed(ValueError):
+  """A checked step found a value it cannot train on (a label out of range, a NaN input).
+
+  ``str(error)`` is ``"checked step: <detail>"``; ``detail`` is the one-line description alone
+  (what failed, where, and the fix).
+  """
+
+  def __init__(self, detail: str):
+    super().__init__(f"checked step: {detail}")
+    self.detail = detail
+
+
+class NonFinite(CheckFailed):
+  """The step's loss or a metric, or the parameters it updated, became NaN or infinite: with
+  valid inputs this means the training diverged."""
+
+
+# The checks of the step's own results (_check_output) fail as NonFinite; they begin so.
+_DIVERGED = ("the step's ", "the update made ")
 
 
 def checked(step_fn: Callable, *, num_classes: int | None = None) -> Callable:
@@ -69,7 +90,8 @@ def checked(step_fn: Callable, *, num_classes: int | None = None) -> Callable:
     The checked step. With valid input it returns the same state and metrics as ``step_fn``.
 
   Raises:
-    ValueError: (when the compiled step returns) with a one-line message naming the failed check.
+    CheckFailed: (a ``ValueError``, when the compiled step returns) with a one-line message
+      naming the failed check; :class:`NonFinite` when the step's results are not finite.
 
   Examples:
     >>> step = jax.jit(kdjax.checked(kdjax.distill_step))  # doctest: +SKIP
@@ -295,7 +317,7 @@ def _raise_if_failed(error: checkify.Error) -> None:
     return
   text = str(exc).strip().splitlines()[0]
   text = re.sub(r"\s*\(`check` failed\)\s*$", "", text)
-  raise ValueError(f"checked step: {text}")
+  raise (NonFinite if text.startswith(_DIVERGED) else CheckFailed)(text)
 
 
 def _earliest_failure(error: checkify.Error):

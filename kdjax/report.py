@@ -3,7 +3,7 @@ r"""``kdjax report``: learning curves and a results table from finished workdirs
   kdjax report WORKDIR [WORKDIR ...]
   python -m kdjax.report WORKDIR [WORKDIR ...]
 
-Writes two files into the first ``WORKDIR``:
+Writes two files into ``WORKDIR`` (``--out=DIR``: into ``DIR``):
 
 * ``report.png`` -- the learning curves of every run, one panel per metric: the training
   ``loss`` and the evaluation ``accuracy`` (and ``perplexity`` for language-model runs, the
@@ -12,16 +12,19 @@ Writes two files into the first ``WORKDIR``:
 
 Several workdirs of one config run with different seeds (``--config.seed=1``, ...) are
 aggregated: the table gives mean ± standard deviation over the seeds (sample standard deviation,
-``n - 1``) and the curves the mean with a ±1 standard deviation band. Workdirs whose configs
-differ in more than the seed (and the runtime keys) are still reported, with a note listing the
+``n - 1``) and the curves the mean with a shaded band of ±1 standard deviation (the figure says
+so). That report is ``seeds_report.png`` / ``seeds_report.md`` in the first workdir (or
+``--out``), so it never replaces a workdir's own ``report.png``. Workdirs whose configs differ in
+more than the seed (and the runtime keys) are still reported, with a note listing the
 differences.
 
-Reads only the workdir contract (``results.json``, ``config.json``, ``<run>/metrics.jsonl``, see
-docs/training.md), so it works on a workdir copied from another machine, without JAX.
+Reads only the workdir contract (:mod:`kdjax.workdir`: ``results.json``, ``config.json``,
+``<run>/metrics.jsonl``), so it works on a workdir copied from another machine.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -30,11 +33,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kdjax import workdir as contract
+
+__all__ = ["PANELS", "REPORT_MD", "REPORT_PNG", "ReportError", "SEEDS_REPORT_MD",
+           "SEEDS_REPORT_PNG", "WorkdirView", "config_differences",
+           "curves", "load", "main", "mean_std", "plot", "results_markdown", "run_order",
+           "write_report"]
+
 REPORT_PNG = "report.png"
 REPORT_MD = "report.md"
-PIPELINE_RUNS = ("teacher", "student", "student_kd")
-TABLE_METRICS = ("accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity",
-                 "old_accuracy", "new_accuracy")
+SEEDS_REPORT_PNG = "seeds_report.png"  # Several workdirs: beside, never over, their own reports.
+SEEDS_REPORT_MD = "seeds_report.md"
 # Panels: (record kind, metric, title). Training records hold the loss; evaluation records
 # (``"eval": true``) the evaluation metrics.
 PANELS = (("train", "loss", "training loss (each run's own objective)"),
@@ -44,39 +53,12 @@ PANELS = (("train", "loss", "training loss (each run's own objective)"),
 # Config keys that may differ between the seeds of one experiment.
 _IGNORED_CONFIG_KEYS = ("seed", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                         "progress_bar", "parallel", "mesh", "shard_teacher", "shard_student",
-                        "data.data_dir", "data.worker_count", "data.eval_batch_size", "checks")
+                        "data.data_dir", "data.worker_count", "data.eval_batch_size",
+                        "checked_steps")
 
 
 class ReportError(Exception):
   """A workdir that cannot be reported; the message names the fix."""
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    raise ReportError(f"cannot read {path}: {e}") from e
-
-
-def read_metrics(path: str) -> list[dict]:
-  """The records of a ``metrics.jsonl``; a torn last line (a killed run) is skipped."""
-  records = []
-  try:
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          records.append(json.loads(line))
-        except ValueError:
-          continue
-  except FileNotFoundError:
-    pass
-  return records
 
 
 def curves(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
@@ -95,36 +77,46 @@ def curves(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], tuple[
           for key, v in by_key.items()}
 
 
-class Workdir:
-  """One finished (or unfinished) workdir: its results, config and per-run curves."""
+@dataclasses.dataclass
+class WorkdirView:
+  """A workdir as the report reads it: results (in run order), config and each run's curves."""
 
-  def __init__(self, path: str):
-    self.path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(self.path):
-      raise ReportError(f"{path} is not a directory; pass workdirs of kdjax runs "
-                        "(python -m kdjax.main ... --workdir=DIR)")
-    self.results = _read_json(os.path.join(self.path, "results.json")) or {}
-    self.config = _read_json(os.path.join(self.path, "config.json")) or {}
-    runs = list(self.results)
-    for name in sorted(os.listdir(self.path)):
-      if name not in runs and os.path.isfile(os.path.join(self.path, name, "metrics.jsonl")):
-        runs.append(name)  # A run without a results entry yet (unfinished): curves only.
-    runs = run_order(self.config, runs)
-    self.results = {run: self.results[run] for run in runs if run in self.results}
-    if not runs:
-      raise ReportError(f"{path} has no results.json and no <run>/metrics.jsonl; is it the "
-                        "--workdir of a kdjax run?")
-    self.runs = runs
-    self.curves = {run: curves(read_metrics(os.path.join(self.path, run, "metrics.jsonl")))
-                   for run in runs}
+  path: str
+  results: dict[str, Any]
+  config: dict[str, Any]
+  runs: list[str]
+  curves: dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]
+
+
+def load(path: str) -> WorkdirView:
+  """Reads a finished (or unfinished) workdir by the contract (:mod:`kdjax.workdir`)."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise ReportError(f"{path} is not a directory; pass workdirs of kdjax runs "
+                      "(python -m kdjax.main ... --workdir=DIR)")
+  try:
+    results, config = contract.read_results(path), contract.read_config(path)
+  except contract.UnreadableFile as e:
+    raise ReportError(str(e)) from e
+  runs = list(results)
+  for name in sorted(os.listdir(path)):
+    if name not in runs and os.path.isfile(contract.metrics_path(path, name)):
+      runs.append(name)  # A run without a results entry yet (unfinished): curves only.
+  if not runs:
+    raise ReportError(f"{path} has no {contract.RESULTS_FILE} and no "
+                      f"<run>/{contract.METRICS_FILE}; is it the --workdir of a kdjax run?")
+  runs = run_order(config, runs)
+  return WorkdirView(path=path, results={run: results[run] for run in runs if run in results},
+                 config=config, runs=runs,
+                 curves={run: curves(contract.read_metrics(contract.metrics_path(path, run)))
+                         for run in runs})
 
 
 def run_order(config: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
-  """``runs`` in the order the config runs them: its declared ``runs``, else the standard
-  pipeline (teacher, student, student_kd); runs it does not name keep their order, after."""
+  """``runs`` in the order the config declares them (``config.runs``); without declarations
+  (the standard pipeline) in the given order, which is ``results.json``'s: the order they ran."""
   declared = [d.get("name") for d in config.get("runs") or () if isinstance(d, Mapping)]
-  order = declared or list(PIPELINE_RUNS)
-  rank = {name: i for i, name in enumerate(order)}
+  rank = {name: i for i, name in enumerate(declared)}
   return sorted(runs, key=lambda r: (rank.get(r, len(rank)), list(runs).index(r)))
 
 
@@ -139,23 +131,13 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_differences(workdirs: Sequence[Workdir]) -> list[str]:
+def config_differences(workdirs: Sequence[WorkdirView]) -> list[str]:
   """Config keys (other than the seed and runtime keys) whose values differ between workdirs."""
   flats = [_flat(w.config) for w in workdirs]
   keys = sorted(set().union(*flats))
   return [k for k in keys
           if k not in _IGNORED_CONFIG_KEYS and len({json.dumps(f.get(k), sort_keys=True)
                                                     for f in flats}) > 1]
-
-
-def _rows(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
-  rows = []
-  for run, entry in results.items():
-    rows.append((run, entry))
-    for k, member in enumerate(entry.get("members", ()) or ()):
-      if f"accuracy_{k}" in entry and isinstance(member, Mapping):
-        rows.append((f"{run}[{k}]", {**member, "accuracy": entry[f"accuracy_{k}"]}))
-  return rows
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -171,16 +153,17 @@ def _fmt(values: Sequence[float], digits: int) -> str:
   return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def results_markdown(workdirs: Sequence[Workdir]) -> str:
+def results_markdown(workdirs: Sequence[WorkdirView]) -> str:
   """The markdown results table: one row per run, mean ± std over the workdirs."""
   rows: dict[str, list[Mapping[str, Any]]] = {}
   for w in workdirs:
-    for run, entry in _rows(w.results):
+    for run, entry in contract.result_rows(w.results):
       rows.setdefault(run, []).append(entry)
   if not rows:
     return "_No results.json yet: the runs have not finished._\n"
   entries = [e for es in rows.values() for e in es]
-  metrics = [m for m in TABLE_METRICS if any(isinstance(e.get(m), (int, float)) for e in entries)]
+  metrics = [m for m in contract.METRICS
+             if any(isinstance(e.get(m), (int, float)) for e in entries)]
   header = ["run", "model", *metrics, "params", "time_s"]
   if len(workdirs) > 1:
     header.insert(2, "seeds")
@@ -197,19 +180,21 @@ def results_markdown(workdirs: Sequence[Workdir]) -> str:
     cells.append(", ".join(f"{p:,}" for p in params) or "-")
     cells.append(_fmt([e["time_s"] for e in es if isinstance(e.get("time_s"), (int, float))], 1))
     lines.append("| " + " | ".join(cells) + " |")
-  gains = []
-  for w in workdirs:
-    s, kd = w.results.get("student"), w.results.get("student_kd")
-    if s and kd:
-      key = "perplexity" if "perplexity" in kd else "accuracy"
-      if key in s and key in kd:
-        gains.append((key, kd[key] - s[key]))
-  if gains and len({k for k, _ in gains}) == 1:
-    mean, std = mean_std([g for _, g in gains])
+  gains = [g for w in workdirs for g in contract.distillation_gains(w.results)]
+  if gains and len({(run, base, key) for run, base, key, _ in gains}) == 1:
+    run, base, key, _ = gains[0]
+    mean, std = mean_std([g for *_, g in gains])
     spread = "" if std is None else f" ± {std:.4f} over {len(gains)} seeds"
-    better = " (lower perplexity is better)" if gains[0][0] == "perplexity" else ""
-    lines += ["", f"Distillation gain (student_kd − student {gains[0][0]}): "
-                  f"{mean:+.4f}{spread}{better}."]
+    if key in contract.LOWER_IS_BETTER:
+      what = f"{base} {key} − {run} {key}; lower {key} is better, so + means {run} is better"
+    else:
+      what = f"{run} − {base} {key}"
+    lines += ["", f"Distillation gain ({what}): {mean:+.4f}{spread}."]
+  weak = {(t, b, k) for w in workdirs for t, b, k, _, _ in contract.weak_teachers(w.results)}
+  for teacher, base, key in sorted(weak):
+    lines += ["", f"**Warning:** the loaded teacher `{teacher}` scores below `{base}` trained "
+              f"alone ({key}); distilling from it is unlikely to help: check what its checkpoint "
+              "was trained on (dataset, classes, normalisation)."]
   return "\n".join(lines) + "\n"
 
 
@@ -223,7 +208,7 @@ def _mean_curve(series: Sequence[tuple[np.ndarray, np.ndarray]]):
   return steps, values.mean(axis=0), std
 
 
-def plot(workdirs: Sequence[Workdir], path: str) -> list[str]:
+def plot(workdirs: Sequence[WorkdirView], path: str) -> list[str]:
   """Draws the learning curves into ``path`` (PNG); returns the panel titles drawn."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg", force=True)
@@ -252,8 +237,9 @@ def plot(workdirs: Sequence[Workdir], path: str) -> list[str]:
         for s, v in series:
           ax.plot(s, v, color=colors(i % 10), linewidth=1, alpha=0.6)
         continue
-      marker = "o" if kind == "eval" else None
-      label = run if len(series) == 1 else f"{run} (n={len(series)})"
+      # Evaluation points, and a curve of one or two points, get markers: a line needs two.
+      marker = "o" if kind == "eval" or len(steps) <= 2 else None
+      label = run if len(series) == 1 else f"{run} (n={len(series)}, ±1 std)"
       ax.plot(steps, mean, color=colors(i % 10), label=label, linewidth=1.6, marker=marker,
               markersize=3.5)
       if std is not None:
@@ -272,6 +258,8 @@ def plot(workdirs: Sequence[Workdir], path: str) -> list[str]:
       ax.legend(fontsize=8, loc="best")
   name = os.path.basename(workdirs[0].path)
   suffix = f" ({len(workdirs)} workdirs)" if len(workdirs) > 1 else ""
+  if len(workdirs) > 1:
+    suffix += "; lines: mean over the workdirs, bands: ±1 standard deviation"
   fig.suptitle(f"kdjax report: {name}{suffix}", fontsize=11)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -279,26 +267,32 @@ def plot(workdirs: Sequence[Workdir], path: str) -> list[str]:
   return [title for _, _, title in panels]
 
 
-def write_report(workdirs: Sequence[str]) -> tuple[str, str]:
-  """Writes ``report.png`` and ``report.md`` into ``workdirs[0]``; returns their paths."""
+def write_report(workdirs: Sequence[str], out: str | None = None) -> tuple[str, str]:
+  """Writes the report of ``workdirs`` into ``out`` (default: the first workdir); returns the
+  paths of its figure and markdown: ``report.png`` / ``report.md`` for one workdir,
+  ``seeds_report.png`` / ``seeds_report.md`` for several."""
   if not workdirs:
     raise ReportError("pass at least one workdir: kdjax report WORKDIR [WORKDIR ...]")
-  loaded = [Workdir(w) for w in workdirs]
-  png = os.path.join(loaded[0].path, REPORT_PNG)
-  md = os.path.join(loaded[0].path, REPORT_MD)
+  loaded = [load(w) for w in workdirs]
+  out = os.path.abspath(out) if out else loaded[0].path
+  os.makedirs(out, exist_ok=True)
+  png_name, md_name = ((REPORT_PNG, REPORT_MD) if len(loaded) == 1
+                       else (SEEDS_REPORT_PNG, SEEDS_REPORT_MD))
+  png, md = os.path.join(out, png_name), os.path.join(out, md_name)
   plot(loaded, png)
   lines = [f"# kdjax report: {os.path.basename(loaded[0].path)}", ""]
   if len(loaded) > 1:
     seeds = [str(_flat(w.config).get("seed", "?")) for w in loaded]
     lines += [f"{len(loaded)} workdirs (seeds {', '.join(seeds)}); values are mean ± sample "
-              "standard deviation over them.", ""]
+              "standard deviation over them; in the figure, lines are the mean and the shaded "
+              "bands ±1 standard deviation.", ""]
     lines += [f"- `{w.path}`" for w in loaded] + [""]
     differences = config_differences(loaded)
     if differences:
       lines += ["**Note:** the configs differ in more than the seed: "
                 + ", ".join(f"`{k}`" for k in differences)
                 + "; the rows mix different experiments.", ""]
-  lines += [results_markdown(loaded), f"![learning curves]({REPORT_PNG})", "",
+  lines += [results_markdown(loaded), f"![learning curves]({png_name})", "",
             "The training loss is each run's own objective (cross-entropy for a run trained on "
             "labels, the weighted distillation objective for a distilled one), so losses of "
             "different runs are not on one scale; compare runs by their evaluation metrics.", ""]
@@ -314,9 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       "(report.md) of kdjax workdirs, written into the first one. Several workdirs of one "
       "config with different seeds give mean ± std.")
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+  parser.add_argument("--out", default=None, help="directory to write the report into "
+                      "(default: the first WORKDIR)")
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
   try:
-    png, md = write_report(args.workdirs)
+    png, md = write_report(args.workdirs, args.out)
   except ReportError as e:
     print(f"kdjax: error: {e}", file=sys.stderr, flush=True)
     return 1

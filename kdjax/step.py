@@ -22,6 +22,16 @@ from kdjax.losses import _utils as loss_utils
 from kdjax.models import Model, Outputs
 from kdjax.objectives import Needs, Term
 
+__all__ = (
+    "DistillState",
+    "batch_metrics",
+    "distill_step",
+    "eval_step",
+    "init_optimizer",
+    "pmean",
+    "teacher_forward",
+)
+
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 
@@ -168,6 +178,12 @@ class DistillState:
     return self.replace(teacher_params=teacher.params, teacher_state=teacher.model_state,
                         teacher_apply=teacher.apply)
 
+  def with_student(self, student: Model) -> "DistillState":
+    """The same state with ``student``'s parameters, model state and ``apply`` (e.g. its
+    quantized form); the optimizer state and the objective's are kept."""
+    return self.replace(params={**self.params, "student": student.params},
+                        student_state=student.model_state, student_apply=student.apply)
+
   def student(self, *, taps: tuple[str, ...] = (), name: str = "student") -> Model:
     """The trained student as a :class:`~kdjax.models.Model` holding copies of its arrays.
 
@@ -274,13 +290,26 @@ def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
   return metrics
 
 
+def _masked_out_inputs(inputs: Any, mask: Any) -> Any:
+  """Float inputs with the examples ``mask`` drops set to 0: a NaN pixel of a masked example
+  would otherwise reach the gradient through the first layer (``x.T @ dy`` is ``nan * 0``)."""
+  if mask is None:
+    return inputs
+  mask = jnp.asarray(mask).astype(jnp.bool_)
+  return jax.tree.map(
+      lambda x: loss_utils.mask_inputs(mask, x)[0] if (
+          jnp.issubdtype(x.dtype, jnp.floating) and x.shape[:mask.ndim] == mask.shape) else x,
+      inputs)
+
+
 def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, student_state,
                        objective_state, axis_name):
-  teacher_out = teacher_forward(state, batch[state.input_key])
+  inputs = _masked_out_inputs(batch[state.input_key], batch.get("mask"))
+  teacher_out = teacher_forward(state, inputs)
 
   def loss_fn(params):
     student_out, new_student_state = state.student_apply(
-        params["student"], student_state, batch[state.input_key], train=True, rng=rng)
+        params["student"], student_state, inputs, train=True, rng=rng)
     loss, new_objective_state, metrics = state.objective.apply(
         params["objective"], objective_state, student_out, teacher_out, batch, state.step,
         axis_name=axis_name)

@@ -101,6 +101,19 @@ def test_non_finite_update_names_the_parameter():
     step(_state(tx=optax.sgd(np.inf)), helpers.batch())
 
 
+def test_failures_are_typed_not_read_from_the_message(state):
+  from kdjax import _checked  # pylint: disable=g-import-not-at-top
+  step = jax.jit(kdjax.checked(kdjax.distill_step))
+  with pytest.raises(_checked.CheckFailed) as bad_label:
+    step(state, _with_label(helpers.batch(), 0, 99))
+  assert not isinstance(bad_label.value, _checked.NonFinite)
+  assert str(bad_label.value) == f"checked step: {bad_label.value.detail}"
+  assert bad_label.value.detail.startswith("batch['label'] holds the label 99")
+  with pytest.raises(_checked.NonFinite) as diverged:
+    step(_state(tx=optax.sgd(np.inf)), helpers.batch())
+  assert isinstance(diverged.value, ValueError) and "non-finite" in diverged.value.detail
+
+
 def _temperature_step(state, batch):
   """A step whose temperature is a traced value (as with a schedule)."""
   loss = jnp.mean(losses.kd(batch["student"], batch["teacher"], temperature=state["T"]))

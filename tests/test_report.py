@@ -28,6 +28,8 @@ def _write_workdir(path, seed, accuracy, *, lm=False, extra_config=None):
              "model": "cnn_small" if run == "teacher" else "mlp", "steps": 40}
     if run != "teacher":
       entry["agreement"] = 0.9
+    if run == "student_kd":
+      entry["baseline"] = "student"  # A distilled run names its baseline run.
     if lm:
       entry["perplexity"] = 5.0 + i + seed
     results[run] = entry
@@ -80,6 +82,7 @@ def test_one_workdir(tmp_path):
   assert rows["student"]["params"] == "2,000" and rows["student"]["time_s"] == "10.0"
   assert "perplexity" not in rows["student"]
   assert "Distillation gain (student_kd − student accuracy): +0.0500." in text
+  assert "Warning" not in text  # The teacher was trained here, not loaded.
   assert "![learning curves](report.png)" in text
 
 
@@ -100,12 +103,84 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
   # perplexity: 5 + i + seed over seeds 0, 1, 2 -> mean 6 + i, std 1.
   assert rows["student"]["perplexity"] == "7.0000 ± 1.0000"
   assert rows["teacher"]["time_s"] == "11.0 ± 1.0"
-  # LM workdirs compare perplexity: here student_kd - student = +1 for every seed.
-  assert "student perplexity): +1.0000 ± 0.0000 over 3 seeds" in text
+  # LM workdirs compare perplexity, lower is better: student_kd's is 1 higher for every seed,
+  # so the gain is -1 (worse), not +1.
+  assert ("(student perplexity − student_kd perplexity; lower perplexity is better, so + means "
+          "student_kd is better): -1.0000 ± 0.0000 over 3 seeds") in text
   assert "3 workdirs (seeds 0, 1, 2)" in text and "configs differ" not in text
-  width, _ = _png_size(dirs[0] + "/report.png")
+  assert "bands ±1 standard deviation" in text
+  assert md == os.path.join(dirs[0], "seeds_report.md")
+  width, _ = _png_size(dirs[0] + "/seeds_report.png")
   assert width >= 3 * 400  # loss, accuracy and perplexity panels.
-  assert not os.path.exists(dirs[1] + "/report.png")  # Written into the first workdir only.
+  assert "![learning curves](seeds_report.png)" in text
+  for d in dirs:  # No workdir's own report is written or replaced.
+    assert not os.path.exists(d + "/report.png")
+
+
+def test_seeds_report_never_replaces_a_workdirs_own_report(tmp_path):
+  dirs = [str(tmp_path / f"seed{s}") for s in range(2)]
+  for s, d in enumerate(dirs):
+    _write_workdir(d, s, {"teacher": 0.9, "student": 0.7, "student_kd": 0.8})
+  own_png, _ = report.write_report(dirs[:1])
+  before = open(own_png, "rb").read()
+  png, md = report.write_report(dirs)
+  assert png != own_png and open(own_png, "rb").read() == before
+  out = str(tmp_path / "summary")
+  png, md = report.write_report(dirs, out)
+  assert png == os.path.join(out, "seeds_report.png") and os.path.isfile(md)
+
+
+def test_the_figure_names_its_band(tmp_path, monkeypatch):
+  titles = []
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  original = matplotlib.figure.Figure.suptitle
+  monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                      lambda self, t, **kw: titles.append(t) or original(self, t, **kw))
+  dirs = [str(tmp_path / f"seed{s}") for s in range(2)]
+  for s, d in enumerate(dirs):
+    _write_workdir(d, s, {"teacher": 0.9, "student": 0.7, "student_kd": 0.8})
+  report.write_report(dirs)
+  assert "bands: ±1 standard deviation" in titles[-1]
+
+
+def test_single_points_are_drawn_and_empty_series_not_listed(tmp_path, monkeypatch):
+  # One training record per run (a smoke run logs once): a line of one point is invisible,
+  # so it gets a marker; a run with no finite point is not in the legend.
+  workdir = str(tmp_path / "w")
+  _write_workdir(workdir, 0, {"teacher": 0.9, "student": 0.7, "student_kd": 0.8})
+  for run in RUNS:
+    with open(os.path.join(workdir, run, "metrics.jsonl"), "w") as f:
+      if run != "teacher":
+        f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n")
+      else:
+        f.write(json.dumps({"step": 4, "loss": float("nan")}) + "\n")
+      f.write(json.dumps({"step": 4, "eval": True, "accuracy": 0.5}) + "\n")
+  drawn = {}
+  import matplotlib.axes  # pylint: disable=g-import-not-at-top
+  original = matplotlib.axes.Axes.legend
+
+  def legend(self, *args, **kwargs):
+    lines = [l for l in self.get_lines() if not l.get_label().startswith("_")]
+    drawn[self.get_title()] = {l.get_label(): (len(l.get_xdata()), l.get_marker())
+                               for l in lines}
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.axes.Axes, "legend", legend)
+  report.write_report([workdir])
+  loss = drawn[report.PANELS[0][2]]
+  assert set(loss) == {"student", "student_kd"}  # The teacher has no finite loss.
+  assert all(n == 1 and marker == "o" for n, marker in loss.values())
+
+
+def test_a_loaded_teacher_weaker_than_the_student_alone_is_named(tmp_path):
+  workdir = str(tmp_path / "w")
+  _write_workdir(workdir, 0, {"teacher": 0.6, "student": 0.7, "student_kd": 0.65})
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  results["teacher"]["checkpoint"] = "/elsewhere/teacher"
+  json.dump(results, open(os.path.join(workdir, "results.json"), "w"))
+  _, md = report.write_report([workdir])
+  assert "**Warning:** the loaded teacher `teacher` scores below `student` trained alone" in (
+      open(md).read())
 
 
 def test_different_configs_are_noted(tmp_path):

@@ -184,7 +184,7 @@ def test_full_cache_low_precision_and_bad_args(tmp_path):
   np.testing.assert_allclose(np.asarray(cache.values[0], np.float32), logits, rtol=1e-2,
                              atol=1e-2)
   looked = cache.lookup(np.array([3, 5]), np.array([0, 1]))
-  np.testing.assert_array_equal(looked[teacher_cache.INDICES_KEY], np.tile(np.arange(5), (2, 1)))
+  np.testing.assert_array_equal(looked[objectives.TOPK_INDICES_KEY], np.tile(np.arange(5), (2, 1)))
   with pytest.raises(teacher_cache.TeacherCacheError, match="k must be"):
     build(tmp_path / "b", model, k=6)
   with pytest.raises(teacher_cache.TeacherCacheError, match="values_dtype"):
@@ -252,9 +252,9 @@ def test_cached_kd_term_formula_mask_and_grads():
   idx = np.argsort(-t, -1)[:, :3].astype(np.int16)
   vals = np.take_along_axis(t, idx.astype(np.int64), -1).astype(np.float16)
   mask = np.array([1, 1, 0, 1, 0, 1], bool)
-  term = teacher_cache.cached_kd(temperature=2.0)
-  assert term.needs.batch == (teacher_cache.VALUES_KEY, teacher_cache.INDICES_KEY)
-  batch = {teacher_cache.VALUES_KEY: vals, teacher_cache.INDICES_KEY: idx, "mask": mask}
+  term = objectives.cached_kd(temperature=2.0)
+  assert term.needs.batch == (objectives.TOPK_VALUES_KEY, objectives.TOPK_INDICES_KEY)
+  batch = {objectives.TOPK_VALUES_KEY: vals, objectives.TOPK_INDICES_KEY: idx, "mask": mask}
   loss, _, _ = term.apply({}, {}, Outputs(jnp.asarray(s), {}), None, batch, 0)
   expected = numpy_topk_kd(s.astype(np.float64), vals.astype(np.float64), idx, 2.0)
   np.testing.assert_allclose(float(loss), expected[mask].mean(), rtol=1e-5)
@@ -275,9 +275,10 @@ def test_check_objective_names_terms_that_need_the_teacher():
         "hint": {"kind": "fitnets", "student": "stage1", "teacher": "stage2"}})
   with pytest.raises(teacher_cache.TeacherCacheError, match="'kd' \\(kind 'kd'"):
     teacher_cache.check_objective({"kd": {"kind": "kd", "temperature": 4.0}})
-  with pytest.raises(teacher_cache.TeacherCacheError, match="'at'"):
+  with pytest.raises(teacher_cache.TeacherCacheError,
+                     match=r"'at' \(reads teacher features \['stage2'\]\)"):
     teacher_cache.check_objective({"at": (objectives.attention_transfer(student="stage1", teacher="stage2"), 1.0),
-                                   "kd": teacher_cache.cached_kd()})
+                                   "kd": objectives.cached_kd()})
   assert "cached_kd" in objectives.term_kinds()
 
 

@@ -5,12 +5,12 @@ r"""CIFAR-100, attention transfer (Zagoruyko & Komodakis 2017): CE 1 + 1000 x AT
 
 Attention maps of every stage pair of equal resolution, summed (the CRD benchmark's weight).
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
-  student, teacher = recipes.get_pair(pair).attention
+  config = cifar100.protocol(pair)
+  student, teacher = cifar100.get_pair(pair).attention
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "at": {"kind": "attention_transfer", "weight": 1000.0, "p": 2,

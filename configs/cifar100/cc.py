@@ -6,13 +6,13 @@ r"""CIFAR-100, correlation congruence (Peng et al. 2019): CE 1 + 0.02 x CC.
 128-d linear embeddings of both penultimate features (RepDistiller's LinearEmbed), the paper's
 Gaussian-RBF correlation (gamma 0.4, second-order Taylor expansion) over the global batch; the
 weight 0.02 is the CRD benchmark's. The benchmark's own CC code is a kernel-free surrogate, so
-its published numbers (docs/recipes.md) come from a slightly different loss.
+its published numbers (docs/cifar100.md) come from a slightly different loss.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "cc": {"kind": "correlation_congruence", "weight": 0.02, "feat_dim": 128, "gamma": 0.4,

@@ -8,11 +8,11 @@ sampler's mode='exact'; the term learns each example's class from the batches it
 two memory banks of one row per training example (momentum 0.5), NCE temperature 0.07. The banks are objective state:
 checkpointed and resumed with the run.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "crd": {"kind": "crd", "weight": 0.8, "feat_dim": 128, "num_negatives": 16384,

@@ -6,11 +6,11 @@ r"""CIFAR-100, DIST (Huang et al. 2022): CE 1 + DIST (inter 2, intra 2, temperat
 Pearson correlation between the student's and teacher's class probabilities, per example
 (inter-class) and per class over the batch (intra-class).
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "dist": {"kind": "dist", "weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0},

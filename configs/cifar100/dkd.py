@@ -6,14 +6,14 @@ r"""CIFAR-100, DKD (Zhao et al. 2022): CE 1 + DKD (alpha 1, beta per pair, T 4),
 beta is 8, except 2 for the resnet56 pair and 6 for the WRN and VGG pairs (mdistiller's values).
 DKD's weight ramps linearly from 0 over the first 20 epochs.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
-      "dkd": {"kind": "dkd", "weight": 1.0, "alpha": 1.0, "beta": recipes.get_pair(pair).dkd_beta,
-              "temperature": 4.0, "warmup_steps": recipes.epochs(20)},
+      "dkd": {"kind": "dkd", "weight": 1.0, "alpha": 1.0, "beta": cifar100.get_pair(pair).dkd_beta,
+              "temperature": 4.0, "warmup_steps": cifar100.epochs(20)},
   }
   return config

@@ -9,16 +9,16 @@ the translator on the student's map is trained with the student (CE 1 + 200 x FT
 factor: channel mean of the squared factor, L1). The 240 epochs and their learning-rate steps
 follow the pre-training stage.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
-  student, teacher = recipes.last_stages(pair)
+  config = cifar100.protocol(pair)
+  student, teacher = cifar100.last_stages(pair)
   config.objective = {
       "ft": {"kind": "factor_transfer", "weight": 200.0, "student": student, "teacher": teacher,
-             "rate": 0.5, "paraphraser_steps": recipes.epochs(recipes.INIT_EPOCHS), "p": 1,
+             "rate": 0.5, "paraphraser_steps": cifar100.epochs(cifar100.INIT_EPOCHS), "p": 1,
              "channel_power": 2},
       "ce": {"kind": "cross_entropy", "weight": 1.0},
   }
-  return recipes.with_init_stage(config, "ft", ("ce", "ft"))
+  return cifar100.with_init_stage(config, "ft", ("ce", "ft"))

@@ -9,11 +9,11 @@ on a weak and a strong (AutoAugment-style) view of every image; this recipe feed
 (views=1, the strong view equal to the weak one) because kdjax.data does not yet produce the
 two-view batch [weak; strong] that views=2 reads, so it does not reproduce the paper's number.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "mlkd": {"kind": "mlkd", "weight": 1.0, "temperatures": (4.0, 3.0, 5.0, 2.0, 6.0),

@@ -8,13 +8,13 @@ conv + BN connectors onto the teacher's channels, the partial L2 distance with t
 teacher's BatchNorm before each ReLU (read from the trained teacher), layer i of n weighted
 1 / 2^(n - i - 1), feature weight 1e-3 beside cross-entropy, for the 240 epochs of the protocol.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
-      "ofd": recipes.preact_term(pair, "ofd", weight=1e-3),
+      "ofd": cifar100.preact_term(pair, "ofd", weight=1e-3),
   }
   return config

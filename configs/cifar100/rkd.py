@@ -5,11 +5,11 @@ r"""CIFAR-100, relational KD (Park et al. 2019): CE 1 + RKD (25 x distance + 50 
 
 Relations between the pooled penultimate features of the (global) batch.
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(pair=None):
-  config = recipes.cifar100(pair)
+  config = cifar100.protocol(pair)
   config.objective = {
       "ce": {"kind": "cross_entropy", "weight": 1.0},
       "rkd": {"kind": "rkd", "weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0},

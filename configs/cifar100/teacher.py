@@ -7,8 +7,8 @@ Then distil from it in any recipe with
 --config.teacher.checkpoint=$HOME/kdjax/cifar100/teachers/resnet32x4/teacher
 (every recipe trains its own teacher when config.teacher.checkpoint is empty).
 """
-from kdjax.train import recipes
+from kdjax.configs import cifar100
 
 
 def get_config(model=None):
-  return recipes.teacher(model)
+  return cifar100.teacher(model)

@@ -9,7 +9,7 @@ Runs: ``teacher`` (a 3-layer Transformer LM, d_model 128), ``student`` (1 layer,
 next-token cross-entropy alone) and ``student_kd`` (0.5 CE + 0.5 token KD at T = 1, the teacher
 run inside the step). Each reports validation ``perplexity`` and token ``accuracy``.
 """
-from kdjax.train.config import base_config
+from kdjax.train import base_config
 
 
 def get_config():

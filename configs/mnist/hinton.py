@@ -30,7 +30,7 @@ docs/benchmarks.md has the measured numbers and where the protocol differs from 
 - SGD with momentum 0.9, batch 128, cosine learning-rate decay from 0.1 (teacher) / 0.05
   (students).
 """
-from kdjax.train.config import base_config
+from kdjax.train import base_config
 
 TRAIN_EXAMPLES = 60_000
 BATCH_SIZE = 128

@@ -8,13 +8,13 @@ a fresh initialisation (``seed`` g) distilled from the previous generation with
 2020), declare models of decreasing size instead: teacher -> assistant -> student, each a
 'distill' run whose ``teachers`` is the run before it (see docs/strategies.md).
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 GENERATIONS = 3
 
 
 def get_config():
-  config = presets.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
+  config = common.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
   config.optimizer.learning_rate = 0.05

@@ -9,14 +9,14 @@ Hoiem 2016). Each new-task run reports ``old_accuracy`` (task-1 test images, arg
 old outputs), ``new_accuracy`` (task 2, new outputs) and ``accuracy`` (all test images, all
 10 outputs).
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 
 def get_config():
-  config = presets.digits(batch_size=64, total_steps=600, eval_every=300, checkpoint_every=300)
+  config = common.digits(batch_size=64, total_steps=600, eval_every=300, checkpoint_every=300)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (64,)}
-  presets.adam(config, 3e-3)
+  common.adam(config, 3e-3)
   old, new = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
   config.runs = (
       {"name": "old", "kind": "supervised", "model": "student", "classes": old},

@@ -8,11 +8,11 @@ teacher instead, declare it with kind 'load' via ``config.teacher.checkpoint``),
 averaged probabilities, ``kdjax.strategies.ensemble_teacher(combine='mean_probs')``, all run
 inside the student's compiled step).
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 
 def get_config():
-  config = presets.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
+  config = common.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.teacher.model = "mlp"
   config.teacher.model_kwargs = {"hidden": (128,)}
   config.teacher.total_steps = 400

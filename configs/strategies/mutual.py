@@ -10,15 +10,15 @@ of ``mutual`` start from the same initialisation and see the same batches as the
 runs, so the comparison isolates the mutual term. results.json's ``mutual`` entry holds each
 student's accuracy (``accuracy_0``, ``accuracy_1``) and their mean.
 """
-from kdjax.train import presets
+from kdjax.configs import common
 
 
 def get_config():
-  config = presets.digits(batch_size=32, total_steps=600, eval_every=200, checkpoint_every=200)
+  config = common.digits(batch_size=32, total_steps=600, eval_every=200, checkpoint_every=200)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
   config.models = {"peer": {"model": "mlp", "model_kwargs": {"hidden": (64, 32)}}}
-  presets.adam(config, 3e-3)
+  common.adam(config, 3e-3)
   config.runs = (
       {"name": "alone_0", "kind": "supervised", "model": "student"},
       {"name": "alone_1", "kind": "supervised", "model": "peer"},

@@ -21,3 +21,19 @@ from kdjax.compress._pruning import sparsity_report
 from kdjax.compress._quantize import ptq
 from kdjax.compress._quantize import qat
 from kdjax.compress._quantize import quantization_rules
+
+__all__ = (
+    "MagnitudePruningState",
+    "apply_masks",
+    "count_nonzero",
+    "count_params",
+    "magnitude_pruning",
+    "param_path",
+    "polynomial_sparsity",
+    "pruning_masks",
+    "ptq",
+    "qat",
+    "quantization_rules",
+    "require",
+    "sparsity_report",
+)

@@ -8,9 +8,10 @@ so teacher and student see the same view.
 Datasets: ``'digits'`` (scikit-learn, offline; the quickstart default), ``'synthetic'`` (and
 :class:`SyntheticDataset` for other shapes), ``'tfds:<dataset>[:<config>]'`` (TFDS prepared on
 disk in the array_record format, read without TensorFlow), and the user's own files:
-``'folder:<dir>'`` (``<dir>/<split>/<class>/<image>``, decoded with Pillow), ``'npz:<file>'``
-(``<split>_images`` / ``<split>_labels`` arrays), ``'idx:<dir>'`` (MNIST, Fashion-MNIST, KMNIST
-IDX files) and ``'tfds-dir:<dir>'`` (a prepared TFDS dataset directory).
+``'folder:<dir>'`` (``<dir>/<split>/<class>/<image>`` or ``<dir>/<class>/<image>``, decoded
+with Pillow), ``'npz:<file>'`` (``<split>_images`` / ``<split>_labels`` arrays), ``'idx:<dir>'``
+(MNIST, Fashion-MNIST, KMNIST IDX files), ``'tfds-dir:<dir>'`` (a prepared TFDS dataset
+directory) and ``'cifar100-python:<path>[:coarse]'`` (the official CIFAR-100 Python archive).
 
 Example::
 
@@ -42,6 +43,8 @@ from kdjax.data._pipeline import make_train_iterator
 from kdjax.data._registry import available_datasets
 from kdjax.data._registry import get_dataset
 from kdjax.data._registry import get_info
+from kdjax.data._stdlib_text import TextCorpus
+from kdjax.data._stdlib_text import stdlib_corpus
 from kdjax.data._tfds import TfdsDataset
 from kdjax.data._tfds_dir import TfdsDirDataset
 
@@ -57,6 +60,7 @@ __all__ = [
     "ReplayViews",
     "Source",
     "SyntheticDataset",
+    "TextCorpus",
     "TfdsDataset",
     "TfdsDirDataset",
     "TrainIterator",
@@ -67,4 +71,5 @@ __all__ = [
     "make_replay_views",
     "make_train_iterator",
     "read_idx",
+    "stdlib_corpus",
 ]

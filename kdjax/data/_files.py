@@ -50,6 +50,12 @@ def _check_arrays(where: str, images: np.ndarray, labels: np.ndarray) -> tuple[n
   if not np.issubdtype(images.dtype, np.floating):
     raise DataError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1], got dtype "
                     f"{images.dtype}")
+  finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+  if not finite.all():
+    bad = int(np.flatnonzero(~finite)[0])
+    kind = "NaN" if np.isnan(images[bad]).any() else "infinite"
+    raise DataError(f"{where}: image {bad} has {kind} pixels ({int((~finite).sum())} images "
+                    "in all); fix or drop those images (pixels must be finite, in [0, 1])")
   if images.size and (images.min() < 0.0 or images.max() > 1.0):
     raise DataError(f"{where}: float images must lie in [0, 1], found values in "
                     f"[{float(images.min())}, {float(images.max())}]; store uint8 pixels or "
@@ -57,15 +63,70 @@ def _check_arrays(where: str, images: np.ndarray, labels: np.ndarray) -> tuple[n
   return images.astype(np.float32), labels.astype(np.int64)
 
 
-def _num_classes(where: str, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                 class_names: tuple[str, ...] | None) -> int:
-  largest = max((int(labels.max()) for _, labels in splits.values() if len(labels)), default=-1)
-  if class_names is None:
-    return largest + 1
-  if largest >= len(class_names):
-    raise DataError(f"{where}: a label is {largest} but class_names lists only "
-                    f"{len(class_names)} classes")
-  return len(class_names)
+def _ranges(values: list[int]) -> str:
+  """[3, 4, 5, 9] -> '3..5, 9'."""
+  out, start = [], None
+  for i, v in enumerate(values):
+    if start is None:
+      start = v
+    if i + 1 == len(values) or values[i + 1] != v + 1:
+      out.append(f"{start}" if start == v else f"{start}..{v}")
+      start = None
+  return ", ".join(out[:6]) + (", ..." if len(out) > 6 else "")
+
+
+def check_classes(where: str, labels: Mapping[str, np.ndarray],
+                  class_names: tuple[str, ...] | None) -> int:
+  """The class count, taken from the training split, after checking every split against it.
+
+  With ``class_names`` the classes are declared: every label must be below their count.
+  Without, the classes are the training labels, which must be ``0..K-1`` with each present;
+  every other split must hold exactly those classes. At least two classes either way. Errors
+  name the offending label, its split and example index, and ``where``.
+  """
+  train = labels["train"]
+  if not len(train):
+    raise DataError(f"{where}: the train split is empty; it needs examples of at least two "
+                    "classes")
+  if class_names is not None:
+    k = len(class_names)
+    for split, y in labels.items():
+      outside = np.flatnonzero(y >= k)
+      if outside.size:
+        i = int(outside[0])
+        raise DataError(f"{where}: {split} label {int(y[i])} (example {i}) is outside the {k} "
+                        f"classes class_names lists; fix that label or list every class in "
+                        "class_names")
+    if k < 2:
+      raise DataError(f"{where}: class_names lists {k} class; a classifier needs at least two")
+    return k
+  present = np.unique(train)
+  if present.size < 2:
+    raise DataError(f"{where}: every training label is {int(present[0])}; a classifier needs at "
+                    "least two classes in the train split")
+  k = int(present[-1]) + 1
+  missing = sorted(set(range(k)) - {int(c) for c in present})
+  if missing:
+    top = int(present[-1])
+    raise DataError(f"{where}: the train labels skip {_ranges(missing)}; the largest, {top} (first "
+                    f"at train example {int(np.flatnonzero(train == top)[0])}), would make "
+                    f"{k} classes; labels must be 0..K-1 with every class in train: fix the "
+                    "labels, or store a class_names array naming all K classes")
+  for split, y in labels.items():
+    if split == "train":
+      continue
+    outside = np.flatnonzero(y >= k)
+    if outside.size:
+      i = int(outside[0])
+      raise DataError(f"{where}: {split} label {int(y[i])} (example {i}) is not a training "
+                      f"class (the train split has classes 0..{k - 1}); fix that label, or store "
+                      "a class_names array naming every class")
+    absent = sorted(set(range(k)) - {int(c) for c in np.unique(y)})
+    if absent and len(y):
+      raise DataError(f"{where}: class {_ranges(absent)} appears in train but not in {split}; "
+                      f"every class must appear in every split, or store a class_names array "
+                      "naming the classes")
+  return k
 
 
 def _array_dataset(name: str, where: str, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -77,8 +138,8 @@ def _array_dataset(name: str, where: str, splits: Mapping[str, tuple[np.ndarray,
     raise DataError(f"{where}: the splits' images differ in shape ({shapes}); every split must "
                     "hold images of one [H, W, C]")
   eval_split = _eval_split(tuple(splits))
-  dataset = ArrayDataset(name, splits, num_classes=_num_classes(where, splits, class_names),
-                         eval_split=eval_split)
+  num_classes = check_classes(where, {k: v[1] for k, v in splits.items()}, class_names)
+  dataset = ArrayDataset(name, splits, num_classes=num_classes, eval_split=eval_split)
   if class_names is not None:
     dataset._info = dataclasses.replace(dataset.info, class_names=class_names)  # pylint: disable=protected-access
   return dataset
@@ -92,8 +153,9 @@ def load_npz(name: str, path: str) -> ArrayDataset:
 
   Every ``<split>`` with both arrays is a split; ``'train'`` is required and evaluation reads
   ``'test'`` (else ``'validation'``/``'val'``). Images are uint8 in ``[0, 255]`` or float in
-  ``[0, 1]``; ``[N, H, W]`` is read as grayscale. An optional ``class_names`` array (strings)
-  names the label ids; otherwise ``num_classes`` is the largest label plus one.
+  ``[0, 1]`` (finite); ``[N, H, W]`` is read as grayscale. An optional ``class_names`` array
+  (strings) declares and names the classes; otherwise the classes are the training labels,
+  ``0..K-1`` (see :func:`check_classes`).
   """
   if not os.path.isfile(path):
     raise DataError(f"dataset '{name}': no file {path}; expected a numpy .npz archive with "
@@ -178,7 +240,7 @@ def load_idx(name: str, directory: str) -> ArrayDataset:
   """``idx:<dir>``: the IDX files of MNIST, Fashion-MNIST or KMNIST (``train-`` and ``t10k-``).
 
   ``train-*`` is the ``'train'`` split, ``t10k-*`` the ``'test'`` split; images ``[N, 28, 28,
-  1]`` uint8, ``num_classes`` the largest label plus one.
+  1]`` uint8; the classes are the training labels (see :func:`check_classes`).
   """
   if not os.path.isdir(directory):
     raise DataError(f"dataset '{name}': no directory {directory}; expected a directory with "

@@ -4,8 +4,11 @@
   ``jax.export.deserialize`` without kdjax.
 * :func:`export_onnx`: ONNX through jax2onnx, run by onnxruntime.
 * :func:`verify`: reload each artifact, compare with JAX on the evaluation split, measure.
-* :func:`export_model` / :func:`export_run` / :func:`main` (``kdjax export``): all of it, writing
-  ``WORKDIR/export/<run>.{stablehlo,onnx}`` and ``WORKDIR/export/manifest.json``.
+* :func:`export_model`: all of it for one model, writing ``<dir>/<name>.{stablehlo,onnx}`` and
+  ``<dir>/manifest.json``.
+
+A library: a model in, artifacts out. The ``export`` run kind (:mod:`kdjax.train.kinds.export`)
+and ``kdjax export`` (a finished run of a workdir) call it.
 
 Needs the deploy extra for ONNX and quantized models: ``pip install -e ".[deploy]"``. See
 ``docs/deploy.md``.
@@ -17,9 +20,10 @@ from kdjax.export._artifacts import export_stablehlo
 from kdjax.export._artifacts import inference_fn
 from kdjax.export._run import FORMATS
 from kdjax.export._run import export_model
-from kdjax.export._run import export_run
-from kdjax.export._run import main
 from kdjax.export._verify import MANIFEST
 from kdjax.export._verify import manifest_entry
 from kdjax.export._verify import verify
 from kdjax.export._verify import write_manifest
+
+__all__ = ["BATCH", "FORMATS", "MANIFEST", "ONNX_OPSET", "export_model", "export_onnx",
+           "export_stablehlo", "inference_fn", "manifest_entry", "verify", "write_manifest"]

@@ -14,14 +14,33 @@ masked by padding and reduced as a token-weighted mean.
 * Transformer internals: :func:`hidden_mse_term`, :func:`hidden_cosine_term`,
   :func:`attention_kl_term`, :func:`attention_mse_term`, with :func:`uniform_layer_map` and
   :func:`mapped_taps`.
-* Data helpers: :func:`sequence_windows`, :func:`batches`, :func:`perplexity`.
+* Decoders (:func:`kdjax.models.from_hf`): key-value-cache :func:`generate` (with
+  :func:`prefill`, :func:`decode_step`, :func:`sample_logits`); packed rows
+  (:func:`pack_sequences`); :func:`chunked_divergence` from hidden states and heads, and its
+  term :func:`chunked_kd_term` (config: ``chunk_size`` on a ``kd`` / ``reverse_kd`` /
+  ``jensen_shannon`` term, :data:`CHUNKED_KINDS`).
+* Data helpers: :func:`sequence_windows`, :func:`batches`, :func:`perplexity`,
+  :func:`bits_per_byte`.
+* Across tokenizers: :class:`ByteTokenizer`, :class:`BpeTokenizer` (byte offsets),
+  :func:`align_spans`, :func:`cross_tokenizer_windows`, :func:`gather_positions`,
+  :func:`cross_tokenizer_losses`, :func:`cross_tokenizer_term`.
+* Sampled offline targets: :func:`sample_teacher_targets`, :func:`sampled_kd_term`; several
+  teachers: :func:`route_teachers`.
 """
 from kdjax.lm._cache import TeacherCache
+from kdjax.lm._chunked import chunked_divergence
+from kdjax.lm._chunked_term import CHUNKED_KINDS
+from kdjax.lm._chunked_term import chunked_kd_term
 from kdjax.lm._data import batches
+from kdjax.lm._data import pack_sequences
 from kdjax.lm._data import perplexity
 from kdjax.lm._data import sequence_windows
 from kdjax.lm._decode import beam_search
 from kdjax.lm._decode import greedy_decode
+from kdjax.lm._generate import decode_step
+from kdjax.lm._generate import generate
+from kdjax.lm._generate import prefill
+from kdjax.lm._generate import sample_logits
 from kdjax.lm._sequence import sequence_kd_dataset
 from kdjax.lm._terms import TOPK_INDICES_KEY
 from kdjax.lm._terms import TOPK_VALUES_KEY
@@ -40,8 +59,30 @@ from kdjax.lm._terms import token_kd_term
 from kdjax.lm._terms import token_mask
 from kdjax.lm._terms import token_reverse_kd_term
 from kdjax.lm._terms import uniform_layer_map
+from kdjax.lm._cross_tokenizer import align_spans
+from kdjax.lm._cross_tokenizer import cross_tokenizer_losses
+from kdjax.lm._cross_tokenizer import cross_tokenizer_term
+from kdjax.lm._cross_tokenizer import cross_tokenizer_windows
+from kdjax.lm._cross_tokenizer import gather_positions
+from kdjax.lm._metrics import bits_per_byte
+from kdjax.lm._on_policy import OnPolicyConfig, generalized_jsd_term, on_policy_batch, on_policy_keys, on_policy_step  # noqa: E501
+from kdjax.lm._routing import TEACHER_ID_KEY
+from kdjax.lm._routing import route_teachers
+from kdjax.lm._sampled_targets import sample_teacher_targets
+from kdjax.lm._sampled_targets import sampled_kd_term
+from kdjax.lm._tokenizers import BpeTokenizer
+from kdjax.lm._tokenizers import ByteTokenizer
+from kdjax.lm._tokenizers import Encoding
 
 __all__ = [
+    "CHUNKED_KINDS",
+    "chunked_divergence",
+    "chunked_kd_term",
+    "decode_step",
+    "generate",
+    "pack_sequences",
+    "prefill",
+    "sample_logits",
     "TOPK_INDICES_KEY",
     "TOPK_VALUES_KEY",
     "TeacherCache",
@@ -66,4 +107,18 @@ __all__ = [
     "token_mask",
     "token_reverse_kd_term",
     "uniform_layer_map",
+    "align_spans",
+    "cross_tokenizer_losses",
+    "cross_tokenizer_term",
+    "cross_tokenizer_windows",
+    "gather_positions",
+    "bits_per_byte",
+    "OnPolicyConfig", "generalized_jsd_term", "on_policy_batch", "on_policy_keys", "on_policy_step",
+    "TEACHER_ID_KEY",
+    "route_teachers",
+    "sample_teacher_targets",
+    "sampled_kd_term",
+    "BpeTokenizer",
+    "ByteTokenizer",
+    "Encoding",
 ]

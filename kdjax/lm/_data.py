@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,9 @@ def sequence_windows(stream: np.ndarray, length: int, *,
           "mask": np.ones((len(starts), length), bool)}
 
 
-def _num_rows(data: Mapping[str, np.ndarray]) -> int:
-  sizes = {k: len(v) for k, v in data.items()}
+def _num_rows(data: Mapping[str, Any]) -> int:
+  sizes = {"/".join(str(getattr(e, "key", e)) for e in path): len(v)
+           for path, v in jax.tree_util.tree_leaves_with_path(data)}
   if not sizes or len(set(sizes.values())) != 1:
     raise ValueError(f"dataset arrays must be non-empty and equally long, got lengths {sizes}")
   return next(iter(sizes.values()))
@@ -61,7 +62,8 @@ def batches(data: Mapping[str, np.ndarray], batch_size: int, *, seed: int = 0,
   """Yields batches (dicts of numpy arrays with ``batch_size`` rows) from a dataset.
 
   Args:
-    data: the dataset's arrays (equally long).
+    data: the dataset's arrays (equally long); entries may be nested dicts of arrays (e.g.
+      :func:`pack_sequences`' ``'inputs'``), sliced alike.
     batch_size: rows per batch.
     seed: the shuffle seed; epoch ``e`` uses ``default_rng([seed, e])``, so the order depends on
       nothing else.
@@ -86,12 +88,12 @@ def batches(data: Mapping[str, np.ndarray], batch_size: int, *, seed: int = 0,
         if drop_remainder:
           break
         fill = batch_size - len(rows)
-        batch = {k: np.concatenate([v[rows], np.repeat(v[rows[:1]], fill, axis=0)])
-                 for k, v in data.items()}
+        batch = jax.tree.map(
+            lambda v: np.concatenate([v[rows], np.repeat(v[rows[:1]], fill, axis=0)]), dict(data))
         batch["mask"][len(rows):] = False
         yield batch
       else:
-        yield {k: v[rows] for k, v in data.items()}
+        yield jax.tree.map(lambda v: v[rows], dict(data))
     epoch += 1
 
 
@@ -136,3 +138,64 @@ def perplexity(model: Model, data: Mapping[str, np.ndarray], *, params: Any = No
   if count == 0:
     raise ValueError("the mask keeps no token; perplexity is undefined")
   return math.exp(total / count)
+
+
+def pack_sequences(documents: Sequence[np.ndarray], length: int, *,
+                   pad_id: int = 0) -> dict[str, Any]:
+  """Packs documents into fixed-length rows of next-token examples, several per row.
+
+  Document ``d`` of ``n`` tokens gives ``n - 1`` examples (``tokens = d[:-1]``, ``targets =
+  d[1:]``), so no target ever lies in another document: segment boundaries are masked by
+  construction. The examples are laid out in order, a new segment per document; a document
+  that does not fit the rest of a row continues in the next row as a new segment (positions
+  restart). Segment ids count from 1 within each row; padding is segment 0 with ``mask`` False.
+
+  Args:
+    documents: 1-D integer token arrays (documents shorter than 2 tokens are skipped).
+    length: row length ``L``.
+    pad_id: the token (and target) at padded positions.
+
+  Returns:
+    ``{'inputs': {'tokens', 'segment_ids', 'positions'}: int32 [N, L], 'targets': int32 [N, L],
+    'mask': bool [N, L]}``. Train with ``DistillState.create(..., input_key='inputs')``: the
+    decoders of :mod:`kdjax.models` (teacher and student) read the segments and positions, and
+    a token attends only to earlier tokens of its own segment.
+  """
+  if length < 1:
+    raise ValueError(f"length must be >= 1, got {length}")
+  rows: list[list[np.ndarray]] = []
+  row: list[np.ndarray] = []
+  used = 0
+  for doc in documents:
+    doc = np.asarray(doc)
+    if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
+      raise ValueError(f"documents must be 1-D integer arrays, got {doc.dtype}{list(doc.shape)}")
+    if len(doc) < 2:
+      continue
+    pairs = np.stack([doc[:-1], doc[1:]], axis=1)
+    while len(pairs):
+      take = min(length - used, len(pairs))
+      row.append(pairs[:take])
+      pairs, used = pairs[take:], used + take
+      if used == length:
+        rows.append(row)
+        row, used = [], 0
+  if row:
+    rows.append(row)
+  if not rows:
+    raise ValueError("no document has the 2 tokens a next-token example needs")
+  shape = (len(rows), length)
+  tokens = np.full(shape, pad_id, np.int32)
+  targets = np.full(shape, pad_id, np.int32)
+  segments = np.zeros(shape, np.int32)
+  positions = np.zeros(shape, np.int32)
+  for i, pieces in enumerate(rows):
+    start = 0
+    for s, piece in enumerate(pieces, 1):
+      end = start + len(piece)
+      tokens[i, start:end], targets[i, start:end] = piece[:, 0], piece[:, 1]
+      segments[i, start:end] = s
+      positions[i, start:end] = np.arange(len(piece))
+      start = end
+  return {"inputs": {"tokens": tokens, "segment_ids": segments, "positions": positions},
+          "targets": targets, "mask": segments > 0}

@@ -21,12 +21,11 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.losses import _utils as loss_utils
-from kdjax.objectives import Needs, Term, from_loss
-from kdjax.objectives._base import as_tuple, no_params_init, select
+from kdjax.objectives import Term, from_loss
+from kdjax.objectives._base import as_tuple
+from kdjax.losses import SPARSE_MODES
+from kdjax.objectives import TOPK_INDICES_KEY, TOPK_VALUES_KEY, cached_kd
 
-TOPK_VALUES_KEY = "teacher_topk_values"
-TOPK_INDICES_KEY = "teacher_topk_indices"
-SPARSE_MODES = ("renormalize", "remainder")
 LayerMap = Sequence[tuple[int, int]]
 
 
@@ -197,23 +196,10 @@ def cached_sparse_kd_term(*, mode: str = "renormalize", temperature: float = 1.0
   raw teacher logits (any ``temperature`` then works); ``mode='remainder'`` wants the teacher's
   log-probabilities at this very ``temperature``. Use it with ``DistillState.create(teacher=None,
   ...)``.
+  It is :func:`kdjax.objectives.cached_kd` with this temperature default.
   """
-  _check_sparse(mode, temperature)
-
-  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
-    del params, teacher_out, step, axis_name
-    for key in (values_key, indices_key):
-      if key not in batch:
-        raise ValueError(f"the batch has no {key!r} entry (it has {sorted(batch)}); add the "
-                         "teacher's cached top-k with TeacherCache.attach(data)")
-    s = select(student_out, "logits", side="student")
-    values = jax.lax.stop_gradient(jnp.asarray(batch[values_key]))
-    mask = batch.get(mask_key) if mask_key is not None else None
-    per_token = losses.sparse_kd(s, values, jnp.asarray(batch[indices_key]),
-                                 temperature=temperature, mode=mode, mask=mask)
-    return losses.masked_mean(per_token, mask), state, {}
-
-  return Term(no_params_init, apply, Needs(batch=(values_key, indices_key)))
+  return cached_kd(mode=mode, temperature=temperature, values_key=values_key,
+                   indices_key=indices_key, mask_key=mask_key)
 
 
 # Hidden states and attention ------------------------------------------------------------------

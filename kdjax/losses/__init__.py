@@ -26,12 +26,16 @@ from kdjax.losses._feature import feature_mse
 from kdjax.losses._feature import nst
 from kdjax.losses._feature import adaptive_avg_pool
 from kdjax.losses._feature import match_spatial
+from kdjax.losses._feature import hierarchical_context_loss
 # Hints with adapters' outputs: factors, activation boundaries, margins, the teacher's head.
 from kdjax.losses._hint import activation_boundary
 from kdjax.losses._hint import factor_transfer
 from kdjax.losses._hint import ofd
 from kdjax.losses._hint import ofd_margin
 from kdjax.losses._hint import srd
+from kdjax.losses._hint import vid_nll
+# Contrastive.
+from kdjax.losses._contrastive import nce_loss
 # Structure: correlations between examples (batch-level), between layers (per example).
 from kdjax.losses._structure import correlation_congruence
 from kdjax.losses._structure import fsp
@@ -48,11 +52,31 @@ from kdjax.losses._relation import similarity_preserving
 # Language models (per-token, optional mask).
 from kdjax.losses._language import attention_kl
 from kdjax.losses._language import attention_mse
+from kdjax.losses._language import generalized_jsd
 from kdjax.losses._language import hidden_mse
 from kdjax.losses._language import skew_kl
 from kdjax.losses._language import skew_reverse_kl
+from kdjax.losses._language import SPARSE_MODES
 from kdjax.losses._language import sparse_kd
 from kdjax.losses._language import topk_teacher_logits
+# Across tokenizers (aligned positions / spans) and sampled sparse targets.
+from kdjax.losses._cross_tokenizer import span_kl
+from kdjax.losses._cross_tokenizer import uld
+from kdjax.losses._sampled import sampled_cross_entropy
+# Dense prediction: segmentation maps, detection heatmaps and box-edge distributions.
+from kdjax.losses._dense import cell_centers
+from kdjax.losses._dense import channel_wise_distillation
+from kdjax.losses._dense import distribution_focal_loss
+from kdjax.losses._dense import edge_distances
+from kdjax.losses._dense import feature_imitation
+from kdjax.losses._dense import heatmap_focal_loss
+from kdjax.losses._dense import heatmap_kd
+from kdjax.losses._dense import imitation_mask
+from kdjax.losses._dense import localization_distillation
+from kdjax.losses._dense import pairwise_similarity_distillation
+from kdjax.losses._dense import pixel_kd
+from kdjax.losses._dense import point_targets
+from kdjax.losses._dense import teacher_confidence
 # Reduction (optional mask).
 from kdjax.losses._utils import masked_mean
 
@@ -66,6 +90,7 @@ __all__ = (
     "dist",
     "dkd",
     "feature_mse",
+    "generalized_jsd",
     "hidden_mse",
     "jensen_shannon",
     "kd",
@@ -95,4 +120,35 @@ __all__ = (
     "ofd",
     "ofd_margin",
     "srd",
+    "hierarchical_context_loss",
+    "nce_loss",
+    "vid_nll",
+    "SPARSE_MODES",
+    "sampled_cross_entropy",
+    "span_kl",
+    "uld",
+    "TERMS",
+    "cell_centers",
+    "channel_wise_distillation",
+    "distribution_focal_loss",
+    "edge_distances",
+    "feature_imitation",
+    "heatmap_focal_loss",
+    "heatmap_kd",
+    "imitation_mask",
+    "localization_distillation",
+    "pairwise_similarity_distillation",
+    "pixel_kd",
+    "point_targets",
+    "teacher_confidence",
 )
+
+# Config term kinds that are a loss lifted as it is by kdjax.objectives.from_loss, one line each:
+# kind (the loss's name) -> from_loss options ({} reads both models' logits; 'teacher': None for
+# a loss of the student alone; 'labels': True passes batch['label']; 'batch_level': True for
+# batch-level losses). The term's config arguments are the loss's keyword arguments plus the
+# taps ('student', 'teacher'). Terms with adapters or state are written in kdjax.objectives.
+TERMS = {
+    "skew_kl": {},
+    "skew_reverse_kl": {},
+}

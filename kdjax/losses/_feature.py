@@ -6,6 +6,7 @@ convolutions, ``[B, L, D]`` for sequences). Losses are per-example, shape ``[bat
 from __future__ import annotations
 
 import numbers
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ def _pool_matrix(n_in: int, n_out: int, dtype) -> jax.Array:
   return jnp.asarray(m, dtype)
 
 
-def adaptive_avg_pool(x: jax.typing.ArrayLike, spatial: tuple[int, ...]) -> jax.Array:
+def adaptive_avg_pool(x: jax.typing.ArrayLike, spatial: int | tuple[int, ...]) -> jax.Array:
   r"""Adaptive average pooling of a channel-last map to the spatial size ``spatial``.
 
   .. math::
@@ -52,7 +53,8 @@ def adaptive_avg_pool(x: jax.typing.ArrayLike, spatial: tuple[int, ...]) -> jax.
 
   Args:
     x: feature map, shape ``[batch, *spatial_in, channels]``.
-    spatial: the output spatial shape, one size per spatial axis of ``x``, each ``<=`` the input's.
+    spatial: the output spatial shape, one size per spatial axis of ``x``, each ``<=`` the input's;
+      an int is that size along every spatial axis.
 
   Returns:
     The pooled map, shape ``[batch, *spatial, channels]``, in ``x``'s dtype.
@@ -65,6 +67,8 @@ def adaptive_avg_pool(x: jax.typing.ArrayLike, spatial: tuple[int, ...]) -> jax.
            [10.5, 12.5]], dtype=float32)
   """
   x = jnp.asarray(x)
+  if isinstance(spatial, numbers.Integral):
+    spatial = (int(spatial),) * (x.ndim - 2)
   spatial = tuple(int(s) for s in spatial)
   if len(spatial) != x.ndim - 2:
     raise ValueError(f"adaptive_avg_pool: a map of shape {x.shape} has {x.ndim - 2} spatial axes, "
@@ -281,3 +285,64 @@ def cosine_distance(student: jax.typing.ArrayLike,
     raise ValueError(f"cosine_distance needs a feature axis, got shape {s.shape}")
   cos = jnp.sum(_utils.l2_normalize(s, eps=1e-8) * _utils.l2_normalize(t, eps=1e-8), axis=-1)
   return 1.0 - cos
+
+
+# ReviewKD's pyramid: the output sizes of the pooled levels, largest first.
+HCL_LEVELS = (4, 2, 1)
+
+
+def hierarchical_context_loss(student: Sequence[jax.typing.ArrayLike],
+                              teacher: Sequence[jax.typing.ArrayLike]) -> jax.Array:
+  r"""ReviewKD's hierarchical context loss, per example, summed over stages.
+
+  For each stage, the MSE of the full maps (weight 1) plus the MSE of the maps adaptive-average-
+  pooled to 4x4, 2x2 and 1x1, the ``j``-th level used weighted ``2^-j`` (1/2, 1/4, 1/8; a level
+  not smaller than the map is skipped and does not halve the weight), divided by the sum of the
+  weights used:
+
+  .. math::
+    \mathrm{HCL} = \sum_{s} \frac{\mathrm{MSE}(F_s, T_s) + \sum_{j} 2^{-j}\,
+                   \mathrm{MSE}(\mathrm{pool}_{l_j}(F_s), \mathrm{pool}_{l_j}(T_s))}
+                   {1 + \sum_j 2^{-j}}
+
+  Args:
+    student: the (fused) student maps, one ``[B, H, W, C]`` per stage.
+    teacher: the teacher maps, the same shapes.
+
+  Returns:
+    ``[B]``: each example's loss (MSEs are means over the example's positions and channels).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> f = jnp.ones((2, 8, 8, 3))
+    >>> losses.hierarchical_context_loss([f], [f + 1.0])
+    Array([1., 1.], dtype=float32)
+
+  References:
+    P. Chen, S. Liu, H. Zhao, J. Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021.
+  """
+  if len(student) != len(teacher) or not student:
+    raise ValueError(f"hierarchical_context_loss pairs stages one to one: got {len(student)} "
+                     f"student and {len(teacher)} teacher maps (at least one each)")
+
+  def mse(a, b):
+    d = jnp.square(a - b)
+    return jnp.mean(d.reshape(d.shape[0], -1), axis=-1)
+
+  total = None
+  for fs, ft in zip(student, teacher):
+    fs, ft = _utils.as_float(fs, ft)
+    if fs.shape != ft.shape or fs.ndim != 4:
+      raise ValueError(f"hierarchical_context_loss compares [B, H, W, C] maps of one shape; got "
+                       f"student {fs.shape} and teacher {ft.shape}")
+    loss, weight, used = mse(fs, ft), 1.0, 1.0
+    for level in HCL_LEVELS:
+      if level >= min(fs.shape[1], fs.shape[2]):
+        continue
+      weight /= 2.0
+      loss = loss + weight * mse(adaptive_avg_pool(fs, level), adaptive_avg_pool(ft, level))
+      used += weight
+    loss = loss / used
+    total = loss if total is None else total + loss
+  return total

@@ -213,6 +213,43 @@ def ofd(student_preact: jax.typing.ArrayLike,
   return jnp.sum(loss.reshape(s.shape[0], -1), axis=1)
 
 
+def vid_nll(teacher: jax.typing.ArrayLike, mean: jax.typing.ArrayLike,
+            variance: jax.typing.ArrayLike) -> jax.Array:
+  r"""VID's Gaussian negative log-likelihood of the teacher's features (without the constant).
+
+  .. math::
+    \ell_b = \frac{1}{|P| C} \sum_{p, c} \frac12 \left(\log \sigma_c^2
+           + \frac{(t_{b,p,c} - \mu_{b,p,c})^2}{\sigma_c^2}\right)
+
+  Args:
+    teacher: teacher features ``[B, ..., C]`` (channel last).
+    mean: the regressor's prediction of them from the student's features, same shape.
+    variance: per-channel variances ``[C]``, > 0.
+
+  Returns:
+    ``[B]``: the mean over positions and channels, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> t = jnp.ones((2, 3, 3, 4))
+    >>> losses.vid_nll(t, t, jnp.ones(4))
+    Array([0., 0.], dtype=float32)
+
+  References:
+    S. Ahn, S. X. Hu, A. Damianou, N. D. Lawrence, Z. Dai, "Variational Information
+    Distillation for Knowledge Transfer", CVPR 2019.
+  """
+  t, mean, variance = _utils.as_float(teacher, mean, variance)
+  if mean.shape != t.shape or variance.shape != (t.shape[-1],):
+    raise ValueError(f"vid_nll: teacher {t.shape}, mean {mean.shape} and variance "
+                     f"{variance.shape}; the mean has the teacher's shape and the variance one "
+                     "value per channel")
+  variance = jnp.reshape(variance, (1,) * (t.ndim - 1) + (-1,))
+  nll = 0.5 * (jnp.log(variance) + jnp.square(t - mean) / variance)
+  return jnp.mean(nll.reshape(nll.shape[0], -1), axis=-1)
+
+
 def srd(student_feat: jax.typing.ArrayLike,
         teacher_feat: jax.typing.ArrayLike,
         student_logits: jax.typing.ArrayLike,

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 from kdjax.losses import _utils
 
 
+# The modes of sparse_kd (and of every cache of teacher top-k values built for it).
+SPARSE_MODES = ("renormalize", "remainder")
+
+
 def _skew_divergence(student_logits, teacher_logits, alpha, temperature, mask, *, reverse):
   """``T^2 KL(p || alpha p + (1 - alpha) q)`` per position: ``p`` the teacher (student if
   ``reverse``), ``q`` the other side; masked positions are zeroed first and return 0."""
@@ -215,8 +219,8 @@ def sparse_kd(student_logits: jax.typing.ArrayLike,
 
   Convention: forward KL(teacher || student), scaled by T^2 like :func:`kdjax.losses.kd`.
   """
-  if mode not in ("renormalize", "remainder"):
-    raise ValueError(f"mode must be 'renormalize' or 'remainder', got {mode!r}")
+  if mode not in SPARSE_MODES:
+    raise ValueError(f"mode must be one of {SPARSE_MODES}, got {mode!r}")
   s, v = _utils.as_float(student_logits, topk_values, what="logits and top-k values")
   idx = jnp.asarray(topk_indices)
   if not jnp.issubdtype(idx.dtype, jnp.integer):
@@ -394,3 +398,78 @@ def attention_mse(student_attn: jax.typing.ArrayLike,
   """
   s, t, mask = _attention_pair(student_attn, teacher_attn, mask, "attention scores")
   return _utils.apply_mask(jnp.mean(jnp.square(s - t), axis=(1, 3)), mask)
+
+
+def check_beta(beta) -> float:
+  """``beta`` of the generalized JSD: a Python number in ``[0, 1]`` (it selects the formula)."""
+  if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta <= 1.0:
+    raise ValueError(f"beta must be a number in [0, 1] (0: forward KL(teacher || student), "
+                     f"1: reverse KL(student || teacher)), got {beta!r}")
+  return float(beta)
+
+
+def generalized_jsd_per_token(student_logits: jax.Array, teacher_logits: jax.Array, beta: float,
+                              temperature) -> jax.Array:
+  """The generalized JSD of each position's distributions (no mask, no checks), float32 in."""
+  temp = jnp.asarray(temperature, student_logits.dtype)
+  log_s = _utils.log_softmax(student_logits, temp)
+  log_t = _utils.log_softmax(teacher_logits, temp)
+  if beta == 0.0:
+    return _utils.kl_from_log_probs(log_t, log_s)
+  if beta == 1.0:
+    return _utils.kl_from_log_probs(log_s, log_t)
+  b = jnp.asarray(beta, log_s.dtype)
+  log_m = _utils.logaddexp(log_s + jnp.log1p(-b), log_t + jnp.log(b))
+  return b * _utils.kl_from_log_probs(log_t, log_m) + (1 - b) * _utils.kl_from_log_probs(log_s,
+                                                                                        log_m)
+
+
+def generalized_jsd(student_logits: jax.typing.ArrayLike,
+                    teacher_logits: jax.typing.ArrayLike,
+                    *,
+                    beta: float = 0.5,
+                    temperature: jax.typing.ArrayLike = 1.0,
+                    mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""Generalized Jensen-Shannon divergence between teacher and student, as a masked token mean.
+
+  With :math:`p_s = \mathrm{softmax}(z_s / T)`, :math:`p_t = \mathrm{softmax}(z_t / T)` and
+  :math:`m = \beta p_t + (1 - \beta) p_s`:
+
+  .. math::
+    \mathrm{JSD}_\beta = \begin{cases}
+      \mathrm{KL}(p_t \,\|\, p_s) & \beta = 0 \\
+      \beta\, \mathrm{KL}(p_t \,\|\, m) + (1 - \beta)\, \mathrm{KL}(p_s \,\|\, m) & 0 < \beta < 1 \\
+      \mathrm{KL}(p_s \,\|\, p_t) & \beta = 1
+    \end{cases}
+
+  averaged over the tokens ``mask`` keeps (:func:`kdjax.losses.masked_mean`).
+
+  Args:
+    student_logits: ``[batch, length, vocab]`` (any ``[..., vocab]``).
+    teacher_logits: same shape.
+    beta: a Python number in ``[0, 1]``: 0 is forward KL(teacher || student), 1 reverse
+      KL(student || teacher), 0.5 the symmetric JSD.
+    temperature: ``T > 0``, dividing both logits.
+    mask: ``[batch, length]`` (or ``[batch]``) bool or 0/1; masked tokens are left out.
+
+  Returns:
+    A scalar, float32: the masked token mean (0 when the mask keeps nothing).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> z = jnp.arange(8.0).reshape(1, 2, 4)
+    >>> float(losses.generalized_jsd(z, z))
+    0.0
+
+  References:
+    R. Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated
+    Mistakes" (GKD), 2024; the convention of TRL's ``GKDTrainer.generalized_jsd_loss``.
+
+  Convention: no ``T^2`` factor (a term that wants Hinton's scaling multiplies by it); the
+  mixture weights the teacher by ``beta``.
+  """
+  beta = check_beta(beta)
+  s, t, mask = _utils.logits_pair(student_logits, teacher_logits, mask, temperature)
+  per_token = generalized_jsd_per_token(s, t, beta, temperature)
+  return _utils.masked_mean(per_token, mask)

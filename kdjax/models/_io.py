@@ -1,4 +1,5 @@
-"""Variables trained by another codebase: Flax msgpack files and Orbax checkpoints of plain trees."""
+"""Variables trained by another codebase: Flax msgpack files, Orbax checkpoints of plain trees and
+PyTorch checkpoints of the zoo's CIFAR models."""
 from __future__ import annotations
 
 import os
@@ -16,6 +17,8 @@ from kdjax.models._base import PyTree
 _SHOWN = 6
 # Collections a Linen ``init`` may return that are never model state.
 _NOT_STATE = ("params", "intermediates")
+# Suffixes of PyTorch checkpoint files (read by kdjax.models._pytorch).
+PYTORCH_SUFFIXES = (".pth", ".pt")
 # Files that mark a directory as an Orbax PyTree checkpoint.
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "checkpoint")
 
@@ -117,12 +120,16 @@ def load_variables(path: str | os.PathLike, *, params: PyTree,
                    model_state: PyTree) -> tuple[PyTree, PyTree]:
   """Reads a model's variables saved by another codebase, checked against the model's own.
 
-  Two formats: a Flax msgpack file (``flax.serialization.to_bytes`` of the Linen variables
+  Three formats: a Flax msgpack file (``flax.serialization.to_bytes`` of the Linen variables
   ``{'params': ..., 'batch_stats': ...}``, or of the params alone when the model has no state),
   or an Orbax checkpoint directory of such a plain tree
   (``orbax.checkpoint.StandardCheckpointer().save(path, variables)``; a ``CheckpointManager``
   directory reads its latest step's ``default`` item). The stored tree must have exactly the
-  structure and shapes of ``params`` / ``model_state``; values are cast to their dtypes.
+  structure and shapes of ``params`` / ``model_state``; values are cast to their dtypes. A file
+  ending in ``.pth`` or ``.pt`` is a PyTorch checkpoint of one of the zoo's CIFAR models
+  (RepDistiller / mdistiller; read by :func:`kdjax.models.from_pytorch`'s loader, with
+  ``weights_only=True``): its tensors are mapped onto ``params`` / ``model_state`` by module
+  path, the architecture's naming found from the tensors themselves.
 
   Args:
     path: the msgpack file or Orbax checkpoint directory.
@@ -136,7 +143,8 @@ def load_variables(path: str | os.PathLike, *, params: PyTree,
 
   Raises:
     ValueError: unreadable file, or a tree that differs from the model's; the message lists the
-      first differing paths (missing, extra, or of another shape).
+      first differing paths (missing, extra, or of another shape); also a PyTorch file without
+      torch installed (``pip install 'kdjax[torch]'``).
 
   Example::
 
@@ -147,6 +155,15 @@ def load_variables(path: str | os.PathLike, *, params: PyTree,
     teacher = dataclasses.replace(teacher, params=params, model_state=state)
   """
   path = os.fspath(path)
+  if path.endswith(PYTORCH_SUFFIXES):
+    from kdjax.models import _pytorch  # pylint: disable=g-import-not-at-top
+
+    try:
+      arrays = _pytorch.read_state_dict(path)
+    except ImportError as e:  # One kind of error for every unreadable file.
+      raise ValueError(str(e)) from None
+    return _pytorch.convert_state_dict(arrays, params=params, model_state=model_state,
+                                       where=path)
   found_params, found_state = _split(_read(path), path, bool(jax.tree.leaves(model_state)))
   found = {**{f"params/{k}": v for k, v in _flat(found_params).items()},
            **{f"{k}": v for k, v in _flat(found_state).items()}}
@@ -157,8 +174,9 @@ def load_variables(path: str | os.PathLike, *, params: PyTree,
     more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
     raise ValueError(
         f"the variables in {path} do not match the configured model ({len(problems)} differing "
-        f"paths: {'; '.join(problems[:_SHOWN])}{more}); configure the architecture the file "
-        "was trained with (model, model_kwargs, num_classes)")
+        f"paths: {'; '.join(problems[:_SHOWN])}{more}); build the architecture the file was "
+        "trained with: its model (a zoo name, or your own class as 'package.module:Class'), "
+        "model_kwargs and num_classes")
 
   def restore(target, stored):
     state = flax.serialization.to_state_dict(target)

@@ -22,9 +22,14 @@ ADAPTERS = ("linear", "mlp", "conv3x3_bn_relu")
 
 class BatchStatNorm(nn.Module):
   """BatchNorm in training mode: normalise over every axis but the last with the batch's own
-  mean and (biased) variance, eps 1e-5 as PyTorch, then a learned per-channel scale and bias."""
+  mean and (biased) variance, eps 1e-5 as PyTorch, then a learned per-channel scale and bias.
+
+  Under ``pmap`` with ``axis_name`` the moments are averaged over the devices, so they are the
+  global batch's as under ``jit``.
+  """
 
   epsilon: float = 1e-5
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -33,7 +38,12 @@ class BatchStatNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    if self.axis_name is None:
+      var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    else:
+      mean_sq = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
+      mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
     shape = (1,) * (x.ndim - 1) + (c,)
     return ((x - mean) * jax.lax.rsqrt(var + jnp.float32(self.epsilon)) * scale.reshape(shape)
             + bias.reshape(shape))

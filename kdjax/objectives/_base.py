@@ -36,17 +36,24 @@ class Needs(NamedTuple):
     student: feature tap paths the term reads from the student's outputs.
     teacher: feature tap paths the term reads from the teacher's outputs.
     batch: batch keys the term reads (``label``, ``index``, ``mask``, cached teacher logits...).
+    teacher_outputs: whether the term reads the live teacher's outputs (logits or features) in
+      the step; ``False`` for terms of the student alone or of teacher outputs read from the
+      batch (a teacher cache), which then train with no teacher forward. Unless a term says
+      otherwise it is assumed to read them.
   """
 
   student: tuple[str, ...] = ()
   teacher: tuple[str, ...] = ()
   batch: tuple[str, ...] = ()
+  teacher_outputs: bool = True
 
   def merge(self, *others: "Needs") -> "Needs":
-    """The union of several terms' needs, in first-seen order."""
+    """The union of several terms' needs: taps and keys in first-seen order; the teacher's
+    outputs when any of them reads them."""
     out = self
     for other in others:
-      out = Needs(*(tuple(dict.fromkeys(a + b)) for a, b in zip(out, other)))
+      out = Needs(*(tuple(dict.fromkeys(a + b)) for a, b in zip(out[:3], other[:3])),
+                  teacher_outputs=out.teacher_outputs or other.teacher_outputs)
     return out
 
 
@@ -156,4 +163,5 @@ def combine(terms: Mapping[str, Term | tuple[Term, Weight]]) -> Term:
     metrics["loss"] = total
     return total, new_state, metrics
 
-  return Term(init, apply, Needs().merge(*(term.needs for term, _ in parsed.values())))
+  needs = [term.needs for term, _ in parsed.values()]
+  return Term(init, apply, needs[0].merge(*needs[1:]))

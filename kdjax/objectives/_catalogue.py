@@ -169,23 +169,40 @@ def factor_transfer(*, student: Key, teacher: Key, rate: float = 0.5,
 # Activation boundaries, OFD --------------------------------------------------------------------
 
 
-def _connector_params(rng, s_list, t_list):
+def _connector_params(rng, s_list, t_list, pairs):
+  """A 1x1 conv + BN connector (``params['connector_{i}']``) for each pair ``i`` in ``pairs``."""
   params = {}
-  for i, (s_i, t_i, key) in enumerate(zip(s_list, t_list, jax.random.split(rng, len(s_list)))):
-    params[f"connector_{i}"] = _init_module(key, _adapters.ConvBN(t_i.shape[-1]), s_i)
+  for i, key in zip(pairs, jax.random.split(rng, max(1, len(pairs)))):
+    params[f"connector_{i}"] = _init_module(key, _adapters.ConvBN(t_list[i].shape[-1]), s_list[i])
   return params
 
 
 def _connect(params, i, s_i, t_i):
-  return _adapters.ConvBN(t_i.shape[-1]).apply({"params": params[f"connector_{i}"]}, s_i)
+  key = f"connector_{i}"
+  if key not in params:  # A pair whose shapes agree has no connector.
+    return s_i
+  return _adapters.ConvBN(t_i.shape[-1]).apply({"params": params[key]}, s_i)
+
+
+def _same_resolution(s_keys, t_keys, s_list, t_list, name):
+  for sk, tk, s_i, t_i in zip(s_keys, t_keys, s_list, t_list):
+    if s_i.ndim != t_i.ndim or s_i.shape[1:-1] != t_i.shape[1:-1]:
+      raise ValueError(f"{name} pairs maps of one resolution, but the student tap {sk!r} has shape "
+                       f"{s_i.shape} and the teacher tap {tk!r} {t_i.shape}; tap stages whose "
+                       "maps have the same spatial size")
 
 
 def activation_boundary(*, student: Sequence[Key], teacher: Sequence[Key], margin: float = 1.0,
                         layer_weights: Sequence[float] | None = None, scale: float = 3e-3,
                         mask_key: str | None = "mask") -> Term:
-  """Activation boundaries (Heo et al. 2019) on pre-ReLU taps, through 1x1 conv + BN connectors.
+  """Activation boundaries (Heo et al. 2019) on pre-ReLU taps, with connectors where shapes differ.
 
-  ``loss = scale * sum_i w_i * mean_b ab(connector_i(s_i), t_i)`` with RepDistiller's weights
+  ``loss = scale * sum_i w_i * mean_b ab(connector_i(s_i), t_i)``. As in RepDistiller's
+  ``Connector``, ``connector_i`` is the identity when the student's and teacher's maps have the
+  same shape, and otherwise a trainable map onto the teacher's channels: a 1x1 convolution then
+  BatchNorm on the batch's statistics (``params['connector_{i}']``; RepDistiller's ``ConvReg``
+  without ReLU, whose convolution bias the BatchNorm cancels). The maps of a pair must have the
+  same resolution. RepDistiller's weights
   ``w_i = 2^(i - n + 1)`` (the deepest layer 1) and ``scale = 3 / 1000`` unless given. Tap the
   pre-activation maps (e.g. a block's last BatchNorm). The paper uses this loss as an
   initialisation stage before the classification (or KD) training: put it alone in the first
@@ -200,12 +217,15 @@ def activation_boundary(*, student: Sequence[Key], teacher: Sequence[Key], margi
 
   def init(rng, student_out, teacher_out, batch):
     del batch
-    return _connector_params(rng, _read(student_out, s_keys, "student"),
-                             _read(teacher_out, t_keys, "teacher")), {}
+    s_list, t_list = _read(student_out, s_keys, "student"), _read(teacher_out, t_keys, "teacher")
+    _same_resolution(s_keys, t_keys, s_list, t_list, "activation_boundary")
+    differ = [i for i in range(n) if s_list[i].shape != t_list[i].shape]
+    return _connector_params(rng, s_list, t_list, differ), {}
 
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
     del step, axis_name
     s_list, t_list = _read(student_out, s_keys, "student"), _read(teacher_out, t_keys, "teacher")
+    _same_resolution(s_keys, t_keys, s_list, t_list, "activation_boundary")
     total = jnp.zeros((), jnp.float32)
     for i, (s_i, t_i) in enumerate(zip(s_list, t_list)):
       value = losses.activation_boundary(_connect(params, i, s_i, t_i), t_i, margin=margin)
@@ -244,8 +264,9 @@ def ofd(*, student: Sequence[Key], teacher: Sequence[Key], teacher_model: Any = 
   """Overhaul of feature distillation (Heo et al. 2019) on pre-ReLU taps.
 
   Each student map goes through a 1x1 conv + BN connector onto the teacher's channels, and
-  :func:`kdjax.losses.ofd` compares it with the teacher's pre-ReLU map; layer ``i`` of ``n`` is
-  weighted ``1 / 2^(n - i - 1)`` (mdistiller). The per-channel margins come from ``margins``
+  :func:`kdjax.losses.ofd` compares it with the teacher's pre-ReLU map, adaptive-average-pooled
+  to the student's resolution when it is larger (as mdistiller does; a student map larger than
+  the teacher's is an error); layer ``i`` of ``n`` is weighted ``1 / 2^(n - i - 1)`` (mdistiller). The per-channel margins come from ``margins``
   (arrays of shape ``[C_i]``) or from the trained ``teacher_model``'s BatchNorm parameters at
   ``teacher_bn`` (default: the teacher tap paths themselves, i.e. tap the BatchNorm output).
   """
@@ -265,14 +286,26 @@ def ofd(*, student: Sequence[Key], teacher: Sequence[Key], teacher_model: Any = 
   if len(margins) != n:
     raise ValueError(f"ofd got {len(margins)} margins for {n} tap pairs")
 
+  def read(student_out, teacher_out):
+    s_list, t_list = _read(student_out, s_keys, "student"), _read(teacher_out, t_keys, "teacher")
+    pooled = []
+    for sk, tk, s_i, t_i in zip(s_keys, t_keys, s_list, t_list):
+      if s_i.ndim != t_i.ndim or any(a > b for a, b in zip(s_i.shape[1:-1], t_i.shape[1:-1])):
+        raise ValueError(f"ofd pools the teacher's map to the student's resolution, but the "
+                         f"student tap {sk!r} has shape {s_i.shape} and the teacher tap {tk!r} "
+                         f"{t_i.shape}; pair each student map with a teacher map at least as "
+                         "large")
+      pooled.append(losses.adaptive_avg_pool(t_i, s_i.shape[1:-1]))
+    return s_list, pooled
+
   def init(rng, student_out, teacher_out, batch):
     del batch
-    return _connector_params(rng, _read(student_out, s_keys, "student"),
-                             _read(teacher_out, t_keys, "teacher")), {}
+    s_list, t_list = read(student_out, teacher_out)
+    return _connector_params(rng, s_list, t_list, range(n)), {}
 
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
     del step, axis_name
-    s_list, t_list = _read(student_out, s_keys, "student"), _read(teacher_out, t_keys, "teacher")
+    s_list, t_list = read(student_out, teacher_out)
     total = jnp.zeros((), jnp.float32)
     for i, (s_i, t_i) in enumerate(zip(s_list, t_list)):
       value = losses.ofd(_connect(params, i, s_i, t_i), t_i, margins[i])
@@ -303,25 +336,47 @@ def dense_head_from_model(teacher_model, path: str = "head") -> Callable[[jax.Ar
   return apply_head
 
 
+SRD_BN_EPS = 1e-4  # The authors' BatchNorm1d(eps=1e-4, affine=False) on both sides' features.
+
+
+def _batch_norm(x: jax.Array, eps: float) -> jax.Array:
+  """BatchNorm without affine parameters on the batch's own statistics (biased variance)."""
+  mean = jnp.mean(x, axis=0, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=0, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + jnp.float32(eps))
+
+
 def srd(*, student: Key = "pre_logits", teacher: Key = "pre_logits", teacher_model: Any = None,
         teacher_head: Callable[[jax.Array], jax.Array] | None = None,
-        teacher_head_path: str = "head", head: str = "teacher", exponent: float = 1.0,
-        temperature: float = 1.0) -> Term:
-  """SRD: projected student features vs the teacher's, plus KL on logits, batch-level.
+        teacher_head_path: str = "head", head: str = "student", exponent: float = 4.0,
+        temperature: float = 1.0, normalize: bool = True) -> Term:
+  """SRD (Miles & Mikolajczyk 2024): projected student features vs the teacher's, plus KL on
+  logits, batch-level.
 
-  ``params['projector']`` maps the student's features (``student`` tap, flattened) to the
-  teacher's width. With ``head='teacher'`` (the default) the student's logits are the projected
-  features through the teacher's frozen classifier (``teacher_head``, or the dense layer at
-  ``teacher_head_path`` of ``teacher_model``); ``head='student'`` uses the student's own logits.
-  See :func:`kdjax.losses.srd`.
+  ``params['projector']`` (a linear layer with bias) maps the student's features (``student``
+  tap, flattened) to the teacher's width; with ``normalize`` both the projected student features
+  and the teacher's go through BatchNorm without affine parameters on the (global) batch's
+  statistics, eps ``1e-4``; then :func:`kdjax.losses.srd` with ``exponent`` (4) and
+  ``temperature``. These are the authors' defaults, and torchdistill's ``SRDLoss`` with its
+  SRD model wrapper. The KL term compares the student's own logits with the teacher's
+  (``head='student'``); ``head='teacher'`` instead runs the projected student features through
+  the teacher's frozen classifier (``teacher_head``, or the dense layer at
+  ``teacher_head_path`` of ``teacher_model``), a variant the paper discusses. ``normalize=False``
+  and ``exponent=1`` give torchdistill's ``SRDLoss`` on raw projected features.
+
+  References:
+    R. Miles, K. Mikolajczyk, "Understanding the Role of the Projector in Knowledge
+    Distillation", AAAI 2024.
   """
   if head not in ("teacher", "student"):
-    raise ValueError(f"head must be 'teacher' or 'student', got {head!r}")
+    raise ValueError(f"head must be 'student' (the student's own logits) or 'teacher' (the "
+                     f"projected features through the teacher's classifier), got {head!r}")
   if head == "teacher" and teacher_head is None:
     if teacher_model is None:
       raise ValueError("srd with head='teacher' needs the teacher's classifier: pass "
                        "teacher_model=(the trained teacher) or teacher_head=(features -> logits)")
     teacher_head = dense_head_from_model(teacher_model, teacher_head_path)
+
   def arrays(student_out, teacher_out):
     s = select(student_out, student, side="student")
     t = select(teacher_out, teacher, side="teacher")
@@ -342,6 +397,9 @@ def srd(*, student: Key = "pre_logits", teacher: Key = "pre_logits", teacher_mod
     z_s = teacher_head(f_s) if head == "teacher" else student_out.logits
     z_t = teacher_out.logits
     f_s, t, z_s, z_t = (gather_batch(a, axis_name) for a in (f_s, t, z_s, z_t))
+    if normalize:
+      f_s = _batch_norm(f_s.astype(jnp.float32), SRD_BN_EPS)
+      t = _batch_norm(t.astype(jnp.float32), SRD_BN_EPS)
     value = losses.srd(f_s, t, z_s, z_t, exponent=exponent, temperature=temperature)
     return value, state, {}
 
@@ -381,7 +439,3 @@ def mlkd(*, temperatures: Sequence[float] = MLKD_TEMPERATURES,
 
   return Term(no_params_init, apply, Needs())
 
-
-CATALOGUE = ("correlation_congruence", "fsp", "factor_transfer", "activation_boundary", "kdsvd",
-             "ofd", "srd", "mlkd")
-TEACHER_MODEL_ARGS = {"ofd": ("teacher_model",), "srd": ("teacher_model",)}

@@ -143,8 +143,56 @@ def from_loss(loss_fn: Callable[..., jax.Array],
     return sum(parts[1:], parts[0]), state, {}
 
   needs = Needs(student=taps_of(s_keys), teacher=taps_of(t_keys),
-                batch=(label_key,) if labels else ())
+                batch=(label_key,) if labels else (), teacher_outputs=t_keys is not None)
   return Term(init if adapter else no_params_init, apply, needs)
+
+
+def term_constructor(loss_fn: Callable[..., jax.Array], **options) -> Callable[..., Term]:
+  """A keyword-only term constructor for ``loss_fn``: what a config kind of a plain loss calls.
+
+  The constructor's arguments are the loss's own keyword arguments (with the loss's defaults)
+  and the taps (``student``, ``teacher``, ``mask_key``, ``label_key`` with ``labels``), and it
+  returns ``from_loss(loss_fn, **options, **arguments)``; its signature lists them, so a config
+  naming an argument the loss lacks is refused before any work.
+
+  Args:
+    loss_fn: a loss of :mod:`kdjax.losses` (or your own) taking the arrays positionally.
+    **options: :func:`from_loss` options fixed for this kind (``teacher=None``, ``labels=True``,
+      ``batch_level=True``, default ``student``/``teacher`` taps).
+
+  Returns:
+    ``ctor(**arguments) -> Term``.
+  """
+  fixed = dict(options)
+  taps = [inspect.Parameter("student", inspect.Parameter.KEYWORD_ONLY,
+                            default=fixed.pop("student", "logits"))]
+  if fixed.get("teacher", "logits") is not None:
+    taps.append(inspect.Parameter("teacher", inspect.Parameter.KEYWORD_ONLY,
+                                  default=fixed.pop("teacher", "logits")))
+  taps.append(inspect.Parameter("mask_key", inspect.Parameter.KEYWORD_ONLY,
+                                default=fixed.pop("mask_key", "mask")))
+  if fixed.get("labels"):
+    taps.append(inspect.Parameter("label_key", inspect.Parameter.KEYWORD_ONLY,
+                                  default=fixed.pop("label_key", "label")))
+  own = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default,
+                           annotation=p.annotation)
+         for p in inspect.signature(loss_fn).parameters.values()
+         if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "mask"
+         and p.default is not inspect.Parameter.empty]
+
+  signature = inspect.Signature(taps + own, return_annotation=Term)
+
+  def ctor(**arguments) -> Term:
+    try:
+      signature.bind(**arguments)
+    except TypeError as e:
+      raise TypeError(f"the {ctor.__name__} term takes {list(signature.parameters)}: {e}") from None
+    return from_loss(loss_fn, **fixed, **arguments)
+
+  ctor.__signature__ = signature
+  ctor.__name__ = getattr(loss_fn, "__name__", "term")
+  ctor.__doc__ = f"The term of :func:`{ctor.__name__}`, lifted by :func:`from_loss`."
+  return ctor
 
 
 # Response-based ------------------------------------------------------------------------------
@@ -162,18 +210,22 @@ def kd(*, temperature: float = 4.0, standardize: bool = False) -> Term:
 
 
 def soft_cross_entropy(*, temperature: float = 4.0) -> Term:
+  """Soft-target cross-entropy against the teacher at temperature ``T``."""
   return from_loss(losses.soft_cross_entropy, temperature=temperature)
 
 
 def reverse_kd(*, temperature: float = 1.0) -> Term:
+  """Reverse KD, ``T^2 KL(p_s || p_t)`` (:func:`kdjax.losses.reverse_kd`)."""
   return from_loss(losses.reverse_kd, temperature=temperature)
 
 
 def jensen_shannon(*, temperature: float = 1.0) -> Term:
+  """Jensen-Shannon divergence of the softened distributions (``losses.jensen_shannon``)."""
   return from_loss(losses.jensen_shannon, temperature=temperature)
 
 
 def logit_mse() -> Term:
+  """MSE between student and teacher logits (:func:`kdjax.losses.logit_mse`)."""
   return from_loss(losses.logit_mse)
 
 
@@ -185,6 +237,7 @@ def dkd(*, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
 
 
 def dist(*, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> Term:
+  """DIST (Huang et al. 2022): inter- and intra-class relations of the predictions, batch-level."""
   return from_loss(losses.dist, batch_level=True, beta=beta, gamma=gamma, temperature=temperature)
 
 
@@ -216,17 +269,24 @@ def fitnets(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
 
 
 def attention_transfer(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
-                       p: int = 2) -> Term:
-  """Attention transfer (Zagoruyko & Komodakis 2017), summed over the tap pairs."""
-  return from_loss(losses.attention_transfer, student=student, teacher=teacher, p=p)
+                       p: float = 2, signed: bool = False) -> Term:
+  """Attention transfer (Zagoruyko & Komodakis 2017), summed over the tap pairs.
+
+  ``signed=True`` raises the activations themselves to ``p`` (RepDistiller's ``f^p``) instead
+  of their magnitudes (the paper's ``|f|^p``); see :func:`kdjax.losses.attention_transfer`.
+  """
+  return from_loss(losses.attention_transfer, student=student, teacher=teacher, p=p,
+                   signed=signed)
 
 
 def nst(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key]) -> Term:
+  """Neuron selectivity transfer (Huang & Wang 2017): MMD of the maps, summed over tap pairs."""
   return from_loss(losses.nst, student=student, teacher=teacher)
 
 
 def feature_mse(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
                 adapter: str | None = None) -> Term:
+  """MSE between (optionally adapted) student features and the teacher's, summed over pairs."""
   return from_loss(losses.feature_mse, student=student, teacher=teacher, adapter=adapter)
 
 
@@ -241,6 +301,7 @@ def cosine(*, student: Key | Sequence[Key], teacher: Key | Sequence[Key],
 
 def similarity_preserving(*, student: Key | Sequence[Key] = "pre_logits",
                           teacher: Key | Sequence[Key] = "pre_logits") -> Term:
+  """Similarity-preserving KD (Tung & Mori 2019): batch similarity matrices, batch-level."""
   return from_loss(losses.similarity_preserving, student=student, teacher=teacher,
                    batch_level=True)
 
@@ -258,18 +319,22 @@ def rkd(*, student: Key = "pre_logits", teacher: Key = "pre_logits",
 
 
 def rkd_distance(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  """RKD's distance loss (Park et al. 2019) on embeddings, batch-level."""
   return from_loss(losses.rkd_distance, student=student, teacher=teacher, batch_level=True)
 
 
 def rkd_angle(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  """RKD's angle loss (Park et al. 2019) on embeddings, batch-level."""
   return from_loss(losses.rkd_angle, student=student, teacher=teacher, batch_level=True)
 
 
 def pkt(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  """Probabilistic knowledge transfer (Passalis & Tefas 2018) on embeddings, batch-level."""
   return from_loss(losses.pkt, student=student, teacher=teacher, batch_level=True)
 
 
 def cka(*, student: Key = "pre_logits", teacher: Key = "pre_logits") -> Term:
+  """``1 - CKA`` (linear centered kernel alignment) between embeddings, batch-level."""
   return from_loss(losses.cka, student=student, teacher=teacher, batch_level=True)
 
 

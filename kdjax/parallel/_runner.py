@@ -21,7 +21,7 @@ PMAP_AXIS = "batch"
 
 
 def _check_batch(local_batch: Mapping[str, Any], n: int, what: str):
-  sizes = {np.shape(v)[0] for v in local_batch.values()}
+  sizes = {np.shape(v)[0] for v in jax.tree.leaves(local_batch)}
   if len(sizes) != 1:
     raise ValueError(f"batch entries have different leading sizes {sorted(sizes)}; every entry "
                      "needs the same batch axis")
@@ -33,7 +33,9 @@ def _check_batch(local_batch: Mapping[str, Any], n: int, what: str):
 
 
 class MeshRunner:
-  """``jax.jit`` over a mesh: batch sharded over all mesh axes, state replicated (or FSDP).
+  """``jax.jit`` over a mesh: batch sharded over the ``data`` and ``fsdp`` axes, state
+  replicated (or FSDP), and with a ``model`` axis the parameters of both models split
+  Megatron-style (attention heads, MLP hidden, vocabulary; :data:`kdjax.parallel.MODEL_RULES`).
 
   A runner compiles for the structure of the state it was last given (``put_state``); use one
   runner per kind of state (e.g. per training run).
@@ -86,9 +88,11 @@ class MeshRunner:
 
   def put_batch(self, local_batch: Mapping[str, Any]) -> dict[str, jax.Array]:
     """Assembles the global batch from each process's slice."""
-    _check_batch(local_batch, self.num_devices // jax.process_count(), "local devices")
-    return {k: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    _check_batch(local_batch, max(1, _mesh.batch_shards(self.mesh) // jax.process_count()),
+                 "batch shards (the mesh's data and fsdp devices)")
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(v)),
+        dict(local_batch))
 
   def _jit(self, name, fn, out_state: bool):
     if name not in self._compiled:
@@ -207,6 +211,6 @@ def make_runner(mode: str = "jit", *, mesh_shape: Mapping[str, int] | None = Non
   if mode == "pmap":
     if mesh_shape and any(v not in (1, -1) for k, v in mesh_shape.items() if k != _mesh.DATA_AXIS):
       raise ValueError("parallel='pmap' is pure data parallelism; parameter sharding "
-                       "(mesh fsdp > 1) needs parallel='jit'")
+                       "(mesh fsdp > 1 or model > 1) needs parallel='jit'")
     return PmapRunner(step_fn=step_fn, eval_fn=eval_fn)
   raise ValueError(f"unknown parallel mode {mode!r}; use 'jit' (mesh, the default) or 'pmap'")

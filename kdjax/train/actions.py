@@ -1,10 +1,11 @@
 """The periodic work of a run, as actions for :func:`kdjax.train.fit`.
 
-Each action is called after every step with the step's :class:`~kdjax.train.loop.Loop` and acts
-when it is due. The order a run uses (``kdjax.train.execute``): :class:`NanGuard`,
-:class:`LogMetrics`, :class:`Progress`, :class:`Evaluate`, :class:`Preemption`,
-:class:`Checkpoint` -- so a checkpoint never holds a NaN, keeps the evaluation of its own step
-and is written before a preempted run stops.
+Each action is called after every step with the loop's record (:class:`~kdjax.train.loop.Loop`)
+and acts when it is due (:class:`Periodic` owns that test); actions share nothing but that
+record. The order a run uses (``kdjax.train.execute``): :class:`NanGuard`, :class:`LogMetrics`,
+:class:`Progress`, :class:`Evaluate`, :class:`Preemption`, :class:`Checkpoint` -- so a
+checkpoint never holds a NaN, keeps the evaluation of its own step and is written before a
+preempted run stops.
 """
 from __future__ import annotations
 
@@ -20,78 +21,94 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from kdjax.train.errors import Preempted
-from kdjax.train.loop import Loop, every
+from kdjax.train.loop import Loop
 
 _all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
     [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.array(True)])))
 
 
-class NanGuard:
+class Periodic:
+  """An action due every ``every`` steps (0: never) and, with ``at_last``, at the last step.
+
+  Subclasses implement :meth:`run`; :meth:`due` is the one place the schedule is decided.
+  """
+
+  def __init__(self, *, every: int, at_last: bool = True):
+    self.every = int(every)
+    self.at_last = at_last
+
+  def due(self, loop: Loop) -> bool:
+    return (self.at_last and loop.last) or (self.every > 0 and loop.step % self.every == 0)
+
+  def __call__(self, loop: Loop) -> None:
+    if self.due(loop):
+      self.run(loop)
+
+  def run(self, loop: Loop) -> None:
+    raise NotImplementedError
+
+
+def check_losses(loop: Loop, make_error: Callable[[int, str], Exception]) -> None:
+  """Fetches the losses ``loop.losses`` holds and raises ``make_error`` at the first non-finite."""
+  if not loop.losses:
+    return
+  steps = [s for s, _ in loop.losses]
+  values = jax.device_get([v for _, v in loop.losses])
+  loop.losses = []
+  for s, v in zip(steps, values):
+    if not math.isfinite(float(v)):
+      raise make_error(s, f"the loss became {float(v)}")
+
+
+class NanGuard(Periodic):
   """Raises ``make_error(step, what)`` when a loss becomes NaN or infinite.
 
-  Losses stay on the device and are fetched together every ``every`` steps, at the last step
-  and before any checkpoint (:meth:`flush`), so the guard costs no synchronisation per step.
+  Losses stay on the device (``loop.losses``) and are fetched together every ``every`` steps, at
+  the last step and before any checkpoint (:class:`Checkpoint` checks them too), so the guard
+  costs no synchronisation per step.
   """
 
   def __init__(self, make_error: Callable[[int, str], Exception], *, every: int = 100):
+    super().__init__(every=max(1, int(every)))
     self.make_error = make_error
-    self.every = max(1, int(every))
-    self._pending: list[tuple[int, jax.Array]] = []
 
   def __call__(self, loop: Loop) -> None:
-    self._pending.append((loop.step, loop.metrics["loss"]))
-    if every(loop.step, self.every, last=loop.last):
-      self.flush()
+    loop.losses.append((loop.step, loop.metrics["loss"]))
+    super().__call__(loop)
 
-  def flush(self) -> None:
-    if not self._pending:
-      return
-    values = jax.device_get([v for _, v in self._pending])
-    steps = [s for s, _ in self._pending]
-    self._pending = []
-    for s, v in zip(steps, values):
-      if not math.isfinite(float(v)):
-        raise self.make_error(s, f"the loss became {float(v)}")
+  def run(self, loop: Loop) -> None:
+    check_losses(loop, self.make_error)
 
 
-class LogMetrics:
+class LogMetrics(Periodic):
   """Writes the step's metrics (plus throughput and ``extra(step)``) every ``every`` steps."""
 
-  def __init__(self, writer: Any, *, every: int, examples_per_step: int, start_step: int,
+  def __init__(self, writer: Any, *, every: int, examples_per_step: int,
                extra: Callable[[int], Mapping[str, float]] | None = None):
+    super().__init__(every=every)
     self.writer = writer
-    self.every = every
     self.examples_per_step = examples_per_step
     self.extra = extra
-    self.last_record: dict[str, float] | None = None
-    self._clock = (time.perf_counter(), start_step)
 
-  def reset_clock(self, step: int) -> None:
-    """Leaves the time since the last record (evaluation, checkpointing) out of the throughput."""
-    self._clock = (time.perf_counter(), step)
-
-  def __call__(self, loop: Loop) -> None:
-    if not every(loop.step, self.every, last=loop.last):
-      return
+  def run(self, loop: Loop) -> None:
     metrics = jax.device_get(loop.metrics)
-    now, (then, then_step) = time.perf_counter(), self._clock
+    now, (then, then_step) = time.perf_counter(), loop.clock
     steps_per_s = (loop.step - then_step) / max(now - then, 1e-9)
-    self._clock = (now, loop.step)
+    loop.clock = (now, loop.step)
     record = {k: float(v) for k, v in metrics.items()}
     record.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * self.examples_per_step)
     if self.extra is not None:
       record.update(self.extra(loop.step))
     self.writer.write(loop.step, record)
-    self.last_record = record
+    loop.last_record = record
 
 
 class Progress:
   """A tqdm progress bar (stderr) with the latest logged loss and throughput."""
 
-  def __init__(self, *, name: str, total_steps: int, start_step: int,
-               log: LogMetrics | None = None, enabled: bool = True):
-    self.log = log
+  def __init__(self, *, name: str, total_steps: int, start_step: int, enabled: bool = True):
     self._bar = None
+    self._shown = None
     if enabled:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
@@ -100,8 +117,8 @@ class Progress:
   def __call__(self, loop: Loop) -> None:
     if self._bar is None:
       return
-    record = self.log.last_record if self.log is not None else None
-    if record is not None and self.log is not None and record is not getattr(self, "_shown", None):
+    record = loop.last_record
+    if record is not None and record is not self._shown:
       self._shown = record
       self._bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.1f}",
                             refresh=False)
@@ -112,54 +129,51 @@ class Progress:
       self._bar.close()
 
 
-class Evaluate:
-  """Runs ``evaluate(state) -> {metric: float}`` every ``every`` steps and at the last step."""
+class Evaluate(Periodic):
+  """Runs ``evaluate(state) -> {metric: float}`` every ``every`` steps and at the last step.
 
-  def __init__(self, evaluate: Callable[[Any], Mapping[str, Any]], writer: Any, *, every: int,
-               log: LogMetrics | None = None):
+  ``latest``: ``(step, metrics)`` of the latest evaluation, or ``None``.
+  """
+
+  def __init__(self, evaluate: Callable[[Any], Mapping[str, Any]], writer: Any, *, every: int):
+    super().__init__(every=every)
     self.evaluate = evaluate
     self.writer = writer
-    self.every = every
-    self.log = log
+    self.latest: tuple[int, dict[str, Any]] | None = None
 
-  def __call__(self, loop: Loop) -> None:
-    if not every(loop.step, self.every, last=loop.last):
-      return
+  def run(self, loop: Loop) -> None:
     loop.eval_metrics = dict(self.evaluate(loop.state))
+    self.latest = (loop.step, loop.eval_metrics)
     self.writer.write(loop.step, loop.eval_metrics, "eval")
-    if self.log is not None:
-      self.log.reset_clock(loop.step)
+    loop.restart_clock()
 
 
-class Checkpoint:
+class Checkpoint(Periodic):
   """Saves every ``every`` steps, after an evaluation, at the last step and when asked.
 
   Args:
     checkpointer: a :class:`~kdjax.train.checkpoint.Checkpointer`.
     host_state: placed state -> the state to save (``runner.host_state``).
     bookkeeping: ``() -> dict`` saved beside the state (data iterator position, elapsed time).
-    guard: flushed before saving, so a checkpoint never holds a step past a NaN loss.
-    make_error: ``(step, what) -> Exception`` for parameters that are no longer finite.
+    make_error: ``(step, what) -> Exception`` for a loss or parameters that are no longer
+      finite: the losses not yet checked are checked before saving, so a checkpoint never
+      holds a step past a NaN loss.
   """
 
   def __init__(self, checkpointer: Any, *, every: int, host_state: Callable[[Any], Any],
-               bookkeeping: Callable[[], Mapping[str, Any]], guard: NanGuard | None,
-               make_error: Callable[[int, str], Exception], log: LogMetrics | None = None):
+               bookkeeping: Callable[[], Mapping[str, Any]],
+               make_error: Callable[[int, str], Exception]):
+    super().__init__(every=every)
     self.checkpointer = checkpointer
-    self.every = every
     self.host_state = host_state
     self.bookkeeping = bookkeeping
-    self.guard = guard
     self.make_error = make_error
-    self.log = log
 
-  def __call__(self, loop: Loop) -> None:
-    due = (every(loop.step, self.every, last=loop.last) or loop.eval_metrics is not None or
-           loop.save_requested)
-    if not due:
-      return
-    if self.guard is not None:
-      self.guard.flush()
+  def due(self, loop: Loop) -> bool:
+    return super().due(loop) or loop.eval_metrics is not None or loop.save_requested
+
+  def run(self, loop: Loop) -> None:
+    check_losses(loop, self.make_error)
     params = getattr(loop.state, "params", loop.state)
     if not bool(_all_finite(params)):
       raise self.make_error(loop.step, "the parameters became NaN or infinite")
@@ -169,8 +183,7 @@ class Checkpoint:
     self.checkpointer.save(loop.step, self.host_state(loop.state), self.bookkeeping(), metrics)
     if loop.last or loop.stop is not None:
       self.checkpointer.wait()
-    if self.log is not None:
-      self.log.reset_clock(loop.step)
+    loop.restart_clock()
 
 
 class PreemptionWatch:
@@ -185,6 +198,7 @@ class PreemptionWatch:
 
   def __init__(self):
     self.signum: int | None = None
+    self._at_once = False
     self._previous: dict[int, Any] = {}
 
   def __enter__(self):
@@ -199,10 +213,17 @@ class PreemptionWatch:
       signal.signal(s, handler)
     self._previous = {}
 
+  def at_once(self) -> None:
+    """From now on a signal stops at once: the run is already ending (an error is being
+    reported, writers and checkpoints are being closed) and no checkpoint will be saved."""
+    self._at_once = True
+
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    if self.signum is not None or self._at_once:
+      # A second signal (Ctrl-C twice, or SIGTERM while a save is being waited for) stops at
+      # once, without saving.
+      raise KeyboardInterrupt
     self.signum = signum
 
   def reached(self, step: int) -> bool:

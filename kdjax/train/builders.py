@@ -1,71 +1,26 @@
 """From config to parts: models, optimizers with their learning-rate schedules, objectives.
 
-Every builder raises :class:`ConfigError` naming the config key to change when a value cannot be
-used (an unknown model or term, a model argument it does not take).
+The names a config may use (dtypes, optimizers, schedules, term kinds) and their checks belong to
+:mod:`kdjax.train.schema`; the builders look them up there. What only building can tell (a model
+argument the model does not take, a tap it does not have) raises :class:`ConfigError` naming the
+config key to change.
 """
 from __future__ import annotations
 
-import difflib
-import inspect
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from kdjax import models
 from kdjax import objectives
-from kdjax import strategies  # noqa: F401  (registers the crd, vid and review_kd kinds)
-from kdjax.train import checks as config_checks
-from kdjax.train import config as config_lib
+from kdjax.train import schema
+from kdjax.train.config import plain
 from kdjax.train.errors import ConfigError
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-# Keys of a term's config that are not arguments of its constructor.
-TERM_KEYS = ("kind", "weight", "warmup_steps")
-
-
-def _suggest(name: str, known: Sequence[str]) -> str:
-  close = difflib.get_close_matches(name, list(known), n=1)
-  return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def plain(value: Any) -> Any:
-  """A ConfigDict (or mapping) as plain dicts, lists as tuples."""
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: plain(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(value)
-  return value
 
 
 # Models ---------------------------------------------------------------------------------------
-
-
-MODEL_KEYS = {"model": None, "model_kwargs": {}, "num_classes": None, "dtype": "float32"}
-
-
-def model_section(spec: Mapping[str, Any], name: str) -> ml_collections.ConfigDict:
-  """A model section of ``config.models`` (``{model, model_kwargs, num_classes, dtype}``)."""
-  spec = plain(spec)
-  unknown = sorted(set(spec) - set(MODEL_KEYS))
-  if unknown or not spec.get("model"):
-    raise ConfigError(f"config.models.{name} must be a mapping with a 'model' and optionally "
-                      f"{sorted(set(MODEL_KEYS) - {'model'})}; got {spec!r}")
-  if spec.get("dtype", "float32") not in DTYPES:
-    raise ConfigError(f"config.models.{name}.dtype={spec['dtype']!r}; use one of {list(DTYPES)}")
-  return ml_collections.ConfigDict({**MODEL_KEYS, **spec})
-
-
-def check_model_name(name: str, side: str) -> None:
-  available = tuple(models.available_models())
-  if name not in available:
-    raise ConfigError(f"config.{side}.model={name!r} is not a kdjax model{_suggest(name, available)}; "
-                      f"available: {', '.join(available)}")
 
 
 def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng: jax.Array,
@@ -76,14 +31,21 @@ def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng:
   normalise with the statistics of the global batch (as they do under ``jit``, where the batch
   axis is one logical array); ``None`` for ``jit``.
   """
-  check_model_name(model_config.model, side)
+  source = hf_source(model_config)
+  if source is not None:
+    return _from_hf(model_config, side, *source, taps=taps)
+  init = model_config.get("init", "")
+  if init:
+    raise ConfigError(f"config.{side}.init={init!r} is not a Hugging Face model directory (no "
+                      "config.json with a model_type there); point it at one or set it to ''")
+  schema.check_model_name(model_config.model, f"{side}.model")
   kwargs = plain(model_config.model_kwargs) or {}
   if bn_axis_name is not None:
     kwargs = {**kwargs, "bn_axis_name": bn_axis_name}
   try:
     return models.create(model_config.model, num_classes=model_config.num_classes,
                          input_shape=tuple(input_shape), rng=rng, taps=tuple(taps),
-                         dtype=DTYPES[model_config.dtype], **kwargs)
+                         dtype=schema.DTYPES[model_config.dtype], **kwargs)
   except TypeError as e:
     raise ConfigError(f"config.{side}.model_kwargs={kwargs} do not fit model "
                       f"{model_config.model!r} ({e}); remove or rename the offending keys") from None
@@ -92,6 +54,41 @@ def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng:
       raise ConfigError(f"config.objective asks model {model_config.model!r} "
                         f"(config.{side}.model) for features it cannot tap: {e}") from None
     raise ConfigError(f"config.{side}: cannot build model {model_config.model!r}: {e}") from None
+
+
+def hf_source(model_config: Any) -> tuple[str, str] | None:
+  """``(key, directory)`` when ``config.<side>`` is read from a Hugging Face directory: the
+  teacher's ``checkpoint`` or any section's ``init`` (:func:`kdjax.train.schema.hf_config`)."""
+  for key in ("checkpoint", "init"):
+    directory = model_config.get(key, "")
+    if schema.hf_config(directory) is not None:
+      return key, directory
+  return None
+
+
+def model_name(model_config: Any) -> str:
+  """How results name ``config.<side>``'s model: its ``model``, or the ``model_type`` of the
+  Hugging Face directory it is read from (``'llama'``, ``'qwen3'``, ...)."""
+  source = hf_source(model_config)
+  return model_config.model if source is None else schema.hf_config(source[1])["model_type"]
+
+
+def _from_hf(model_config: Any, side: str, key: str, directory: str, *,
+             taps: Sequence[str]) -> models.Model:
+  where = f"config.{side}.{key}={directory!r}"
+  vocab = schema.hf_config(directory).get("vocab_size")
+  if model_config.num_classes is not None and vocab != model_config.num_classes:
+    raise ConfigError(f"{where} predicts {vocab} tokens but the data's vocabulary has "
+                      f"{model_config.num_classes} (config.data.name, config.data.tokenizer); "
+                      "tokenize with the model's own tokenizer (config.data.tokenizer=<its "
+                      "directory>)")
+  try:
+    return models.from_hf(directory, dtype=schema.DTYPES[model_config.dtype], taps=tuple(taps))
+  except (ValueError, FileNotFoundError) as e:
+    if "tap" in str(e):
+      raise ConfigError(f"config.objective asks the model of {where} for features it cannot "
+                        f"tap: {e}") from None
+    raise ConfigError(f"{where}: {e}") from None
 
 
 # Optimizers -----------------------------------------------------------------------------------
@@ -107,24 +104,7 @@ def learning_rate_schedule(opt: Any, *, total_steps: int,
   """
   lr = float(opt.learning_rate)
   warmup = int(opt.warmup_steps)
-  if opt.schedule == "constant":
-    main = optax.constant_schedule(lr)
-  elif opt.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps=max(total_steps - warmup, 1),
-                                       alpha=float(opt.min_learning_rate) / lr)
-  elif opt.schedule == "step":
-    if opt.decay_steps:
-      bounds = [int(b) for b in opt.decay_steps]
-    else:
-      bounds = [int(round(e * steps_per_epoch)) for e in opt.decay_epochs]
-    scales: dict[int, float] = {}
-    for b in bounds:
-      b = max(b - warmup, 0)
-      scales[b] = scales.get(b, 1.0) * float(opt.decay_factor)
-    main = optax.piecewise_constant_schedule(lr, scales)
-  else:
-    raise ConfigError(f"unknown learning-rate schedule {opt.schedule!r}; use cosine, step or "
-                      "constant")
+  main = schema.SCHEDULES[opt.schedule](opt, lr, total_steps, warmup, steps_per_epoch)
   if warmup:
     main = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return _float_count(main)
@@ -136,11 +116,6 @@ def _float_count(schedule: optax.Schedule) -> optax.Schedule:
   return lambda count: schedule(jnp.asarray(count, jnp.float32))
 
 
-def _decay_mask(params: Any) -> Any:
-  # Weight decay on kernels only: biases and normalisation scales/offsets have ndim < 2.
-  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
-
-
 def make_optimizer(opt: Any, *, total_steps: int,
                    steps_per_epoch: float) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optax transformation ``opt`` (``config.optimizer``) describes, and its schedule."""
@@ -148,45 +123,11 @@ def make_optimizer(opt: Any, *, total_steps: int,
   parts = []
   if opt.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
-  if opt.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
-                             weight_decay=float(opt.weight_decay), mask=_decay_mask))
-  elif opt.name in ("sgd", "momentum", "nesterov"):
-    if opt.weight_decay:
-      parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=_decay_mask))
-    momentum = None if opt.name == "sgd" else float(opt.momentum)
-    parts.append(optax.sgd(schedule, momentum=momentum, nesterov=opt.name == "nesterov"))
-  else:
-    raise ConfigError(f"unknown optimizer {opt.name!r}; use sgd, momentum, nesterov or adamw")
+  parts.extend(schema.OPTIMIZERS[opt.name](opt, schedule))
   return optax.chain(*parts), schedule
 
 
 # Objectives -----------------------------------------------------------------------------------
-
-
-def _term_parts(name: str, spec: Mapping[str, Any]) -> tuple[objectives.TermKind, dict[str, Any]]:
-  """The registered kind of ``config.objective.<name>`` and its constructor arguments, checked."""
-  kinds = objectives.term_kinds()
-  kind = spec.get("kind")
-  if kind not in kinds:
-    raise ConfigError(f"config.objective.{name}.kind={kind!r} is not a kdjax objective term"
-                      f"{_suggest(str(kind), tuple(kinds))}; available: {', '.join(kinds)}")
-  term_kind = kinds[kind]
-  kwargs = {k: v for k, v in spec.items() if k not in TERM_KEYS}
-  params = inspect.signature(term_kind.ctor).parameters
-  accepted = [p for p in params if params[p].kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-  unknown = sorted(set(kwargs) - set(accepted))
-  if unknown:
-    raise ConfigError(f"config.objective.{name}: term kind {kind!r} takes no argument(s) "
-                      f"{unknown}{_suggest(unknown[0], accepted)}; its arguments are {accepted} "
-                      f"(plus {list(TERM_KEYS)})")
-  missing = sorted(p for p in accepted if params[p].default is inspect.Parameter.empty and
-                   p not in kwargs and p not in term_kind.dataset_args)
-  if missing:
-    raise ConfigError(f"config.objective.{name}: term kind {kind!r} needs {missing} (e.g. "
-                      f"student='stage2', teacher='stage3' tap paths for feature terms)")
-  return term_kind, kwargs
 
 
 def make_objective(spec: Mapping[str, Any], *, supplied: Mapping[str, Any] | None = None,
@@ -205,13 +146,11 @@ def make_objective(spec: Mapping[str, Any], *, supplied: Mapping[str, Any] | Non
   """
   spec = plain(spec)
   supplied = dict(supplied or {})
-  if not spec:
-    raise ConfigError("config.objective needs at least one term, e.g. "
-                      "{'ce': {'kind': 'cross_entropy', 'weight': 1.0}}")
+  schema.check_objective(spec)
   gates = stage_gates(stages, tuple(spec))
   terms = {}
   for name, term_spec in spec.items():
-    term_kind, kwargs = _term_parts(name, term_spec)
+    term_kind, kwargs = schema.term_parts(name, term_spec)
     for arg in term_kind.dataset_args:
       if arg not in kwargs:
         if supplied.get(arg) is None:
@@ -239,10 +178,10 @@ def stage_gates(stages: Sequence[Mapping[str, Any]],
   """Per term, the stage boundaries (first step of stages 2..K) and whether it counts in each.
 
   Empty when there are no stages. Raises :class:`ConfigError` for stages that
-  :func:`kdjax.train.config.check_stages` rejects (e.g. one naming an unknown term).
+  :func:`kdjax.train.schema.check_stages` rejects (e.g. one naming an unknown term).
   """
   stages = tuple(plain(s) for s in stages)
-  config_lib.check_stages(stages, names)
+  schema.check_stages(stages, names)
   if not stages:
     return {}
   bounds, step = [], 0

@@ -22,8 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
+from kdjax import workdir as contract
 from kdjax.train.errors import CheckpointError
 
 _POLICIES = ocp.checkpoint_managers
@@ -33,15 +33,6 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 def abstract(tree: Any) -> Any:
   """Shapes, dtypes and shardings of ``tree``: a restore target that allocates nothing."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _is_main() -> bool:
-  return jax.process_index() == 0
-
-
-def _sync(name: str):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -93,8 +84,18 @@ class Checkpointer:
     """Blocks until the saves in flight are on disk."""
     self.manager.wait_until_finished()
 
-  def close(self) -> None:
-    self.manager.close()
+  def close(self, *, failing: bool = False) -> None:
+    """Waits for the saves in flight and stops Orbax's threads.
+
+    ``failing``: the run is already ending with an error (a full disk, say); a save that
+    failed as well is not raised again, so the error the run reports is the first one.
+    """
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/tensorstore raise many kinds.
+      if not failing:
+        raise
+      logging.warning("closing the checkpoints in %s: %s", self.directory, _one_line(e))
 
   def restore(self, step: int, state: Any) -> tuple[Any, dict[str, Any]]:
     """The state at ``step``, restored into the shapes and shardings of ``state``."""
@@ -103,6 +104,11 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract(state.checkpoint_tree())),
             data=ocp.args.JsonRestore()))
     return state.from_checkpoint_tree(restored["state"]), dict(restored["data"] or {})
+
+  def restore_data(self, step: int) -> dict[str, Any]:
+    """The JSON saved beside the state at ``step`` (data position, bookkeeping) alone."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    return dict(restored["data"] or {})
 
   def restore_latest(self, state: Any) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest readable checkpoint into ``state``'s shapes; ``None`` if there is none.
@@ -138,9 +144,9 @@ class Checkpointer:
     logging.warning("checkpoint %s cannot be read (%s: %s); moved it to %s and resuming from "
                     "step %d", source, type(error).__name__, _one_line(error, 300), target,
                     fallback)
-    if _is_main():
+    if contract.is_main():
       source.rename(target)
-    _sync(f"kdjax_quarantine_{step}")
+    contract.sync(f"kdjax_quarantine_{step}")
 
 
 def _one_line(error: Exception, limit: int = 300) -> str:
@@ -166,8 +172,8 @@ def find_checkpoint(path: str | os.PathLike) -> epath.Path:
         f"config.teacher.checkpoint={str(path)!r} does not exist; point it at a kdjax teacher "
         "run (WORKDIR/teacher), its checkpoints directory or one step directory, or set it to "
         "'' to train the teacher")
-  if (p / "checkpoints").is_dir():
-    p = p / "checkpoints"
+  if (p / contract.CHECKPOINTS).is_dir():
+    p = p / contract.CHECKPOINTS
   if (p / "state").is_dir():
     return p
   steps = _step_dirs(p) if p.is_dir() else []
@@ -180,17 +186,19 @@ def find_checkpoint(path: str | os.PathLike) -> epath.Path:
 
 
 def load_model_variables(path: str | os.PathLike, params: Any, model_state: Any,
-                         *, what: str = "config.teacher.checkpoint") -> tuple[Any, Any]:
+                         *, what: str = "config.teacher.checkpoint",
+                         fix: str = "") -> tuple[Any, Any]:
   """Reads a trained model's variables (``params['student']``, ``student_state``) from a checkpoint.
 
   Only those two entries are read (optimizer state and the rest stay on disk). ``params`` and
   ``model_state`` are the freshly initialised variables of the model the checkpoint should
-  hold; their shapes and dtypes are the target. A path that is not a kdjax run or checkpoint
+  hold; their shapes and dtypes are the target (``what`` names the checkpoint in messages,
+  ``fix`` replaces their advice for a damaged one). A path that is not a kdjax run or checkpoint
   (a Flax ``.msgpack`` file, an Orbax checkpoint of a plain variables tree written elsewhere)
   is read by :func:`kdjax.models.load_variables`.
   """
   p = epath.Path(path)
-  if p.exists() and not ((p / "checkpoints").is_dir() or (p / "state").is_dir() or
+  if p.exists() and not ((p / contract.CHECKPOINTS).is_dir() or (p / "state").is_dir() or
                          (p.is_dir() and _step_dirs(p))):
     from kdjax import models  # pylint: disable=g-import-not-at-top
     try:
@@ -203,8 +211,9 @@ def load_model_variables(path: str | os.PathLike, params: Any, model_state: Any,
     saved = {"params": saved["params"]["student"], "model_state": saved.get("student_state", {})}
   except Exception as e:  # pylint: disable=broad-except  # Orbax/tensorstore raise many kinds.
     raise CheckpointError(
-        f"{what}: cannot read the checkpoint in {step_dir} ({_one_line(e)}); point it at a complete kdjax checkpoint (a run's "
-        "checkpoints/<step> directory)") from None
+        f"{what}: cannot read the checkpoint in {step_dir} ({_one_line(e)}); " +
+        (fix or "point it at a complete kdjax checkpoint (a run's checkpoints/<step> "
+         "directory)")) from None
   mismatch = _first_mismatch(saved, {"params": params, "model_state": model_state})
   if mismatch:
     raise CheckpointError(
@@ -220,8 +229,8 @@ def load_model_variables(path: str | os.PathLike, params: Any, model_state: Any,
                                     partial_restore=True))
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f"{what}: cannot read the model in {step_dir} ({_one_line(e)}); "
-        "the checkpoint is damaged; point it at another step or retrain the teacher") from None
+        f"{what}: cannot read the model in {step_dir} ({_one_line(e)}); the checkpoint is "
+        "damaged; " + (fix or "point it at another step or retrain the teacher")) from None
   return restored["params"]["student"], restored["student_state"]
 
 

@@ -5,6 +5,8 @@ traceback, and exits with a non-zero status. Anything else is a bug and keeps it
 """
 from __future__ import annotations
 
+from kdjax import _checked
+
 
 class TrainError(Exception):
   """Base class of the training errors whose message names the fix."""
@@ -44,11 +46,15 @@ class Preempted(TrainError):
     self.signum = signum
 
 
-class CheckFailed(TrainError, ValueError):
-  """A checked step (``kdjax.checked``) found a value it cannot train on: labels out of range,
-  non-finite inputs; the message names the run, the step and the fix."""
+class CheckFailed(TrainError, _checked.CheckFailed):
+  """A checked step (``kdjax.checked``) of a run found a value it cannot train on: labels out of
+  range, non-finite inputs; the message names the run, the step and the fix."""
 
-  def __init__(self, message: str, *, run: str, step: int):
-    super().__init__(message)
+  def __init__(self, detail: str, *, run: str, step: int):
+    _checked.CheckFailed.__init__(self, detail)
+    self.args = (f"run '{run}', step {step}: {detail}",)
     self.run = run
     self.step = step
+
+  def __str__(self) -> str:
+    return self.args[0]

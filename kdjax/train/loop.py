@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import jax
@@ -26,7 +27,10 @@ import jax
 
 @dataclasses.dataclass
 class Loop:
-  """What the actions see after a step.
+  """The record the actions share: what the step did, and what earlier actions left for later.
+
+  ``fit`` keeps one record for the whole loop and updates it after each step; the per-step
+  fields (``eval_metrics``, ``save_requested``, ``stop``) start empty at every step.
 
   Attributes:
     step: the number of updates applied so far (1 after the first step).
@@ -37,6 +41,10 @@ class Loop:
       (the checkpoint keeps the best one).
     save_requested: an action asks for a checkpoint now (preemption).
     stop: an exception an action wants ``fit`` to raise once every action has run.
+    losses: ``[(step, loss)]`` still on the device, not yet checked for NaN / inf.
+    last_record: the latest logged training record (host floats), for the progress bar.
+    clock: ``(time, step)`` since when the throughput is measured; work between steps
+      (evaluation, checkpointing) restarts it, so it is not counted as training time.
   """
 
   step: int
@@ -46,10 +54,16 @@ class Loop:
   eval_metrics: dict[str, Any] | None = None
   save_requested: bool = False
   stop: BaseException | None = None
+  losses: list[tuple[int, jax.Array]] = dataclasses.field(default_factory=list)
+  last_record: dict[str, float] | None = None
+  clock: tuple[float, int] = (0.0, 0)
 
   @property
   def last(self) -> bool:
     return self.step >= self.total_steps
+
+  def restart_clock(self) -> None:
+    self.clock = (time.perf_counter(), self.step)
 
 
 class Action(Protocol):
@@ -83,12 +97,14 @@ def fit(state: Any, step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Ar
   """
   if start_step > total_steps:
     raise ValueError(f"start_step={start_step} is past total_steps={total_steps}")
-  step = start_step
+  loop = Loop(step=start_step, total_steps=total_steps, state=state, metrics={})
+  loop.restart_clock()
   try:
-    while step < total_steps:
+    while loop.step < total_steps:
       state, metrics = step_fn(state, next(batches))
-      step += 1
-      loop = Loop(step=step, total_steps=total_steps, state=state, metrics=metrics)
+      loop.step += 1
+      loop.state, loop.metrics = state, metrics
+      loop.eval_metrics, loop.save_requested, loop.stop = None, False, None
       for action in actions:
         action(loop)
       if loop.stop is not None:
@@ -100,7 +116,3 @@ def fit(state: Any, step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Ar
         close()
   return state
 
-
-def every(step: int, period: int, *, last: bool = False) -> bool:
-  """Whether a periodic action with ``period`` (0: never) is due at ``step`` (or at the last)."""
-  return last or (period > 0 and step % period == 0)

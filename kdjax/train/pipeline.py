@@ -1,12 +1,13 @@
-"""``train_and_evaluate(config, workdir)``: every declared run, checked first, then trained.
+"""``train_and_evaluate(config, workdir)``: resolve, plan every run, lock, execute each.
 
-The pipeline resolves the config, reads the dataset, builds every run's plan and traces its
-initial state with ``jax.eval_shape`` (models, objective, optimizer, batch keys: every mistake a
-config can hold) and estimates the disk space of a checkpoint -- all before anything is written.
-Then it locks the workdir, checks that it holds runs of this config (or none), and runs each
-declaration in order on the one engine (:func:`kdjax.train.execute.execute`), recording each
-finished run in ``results.json``. A run whose final checkpoint and results entry exist is not
-run again, so the same command resumes a pipeline wherever it stopped.
+The pipeline resolves the config, reads the dataset, builds every run's plan (its kind's
+``plan``, :mod:`kdjax.train.kinds`) and traces its initial state with ``jax.eval_shape``
+(models, objective, optimizer, batch keys: every mistake a config can hold) and estimates the
+disk space of a checkpoint -- all before anything is written. Then it locks the workdir, checks
+that it holds runs of this config (or none), and executes each plan in order on the one engine
+(:func:`kdjax.train.execute.execute`), recording each finished run in ``results.json``. A run
+whose results entry (and final checkpoint, when it trains) exist is not run again, so the same
+command resumes a pipeline wherever it stopped.
 """
 from __future__ import annotations
 
@@ -18,17 +19,16 @@ import jax
 import numpy as np
 
 from kdjax import data as data_lib
-from kdjax import strategies  # noqa: F401  (registers the strategies' term kinds)
+from kdjax import workdir as contract
 from kdjax.train import config as config_lib
 from kdjax.train import execute as execute_lib
-from kdjax.train import rundata
-from kdjax.train import runs as runs_lib
-from kdjax.train import compress_runs
+from kdjax.train import inputs
+from kdjax.train import kinds
 from kdjax.train import lock
-from kdjax.train import strategy_runs  # noqa: F401  (registers the mutual and lwf kinds)
+from kdjax.train import rundata
 from kdjax.train.actions import PreemptionWatch
 from kdjax.train.errors import ConfigError, TrainError, WorkdirError
-from kdjax.train.workdir import Workdir, is_main, sync
+from kdjax.train.ledger import Workdir
 
 
 def _check_devices(config: Any, num_devices: int) -> None:
@@ -53,16 +53,31 @@ def _nbytes(tree: Any) -> int:
              not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
 
 
+# Orbax's files around a checkpoint's arrays (metadata, manifests, file-system blocks); a
+# checkpoint of a 1,210-parameter MLP takes about 110 KB on disk.
+CHECKPOINT_OVERHEAD_BYTES = 128 * 1024
+
+
+def _megabytes(nbytes: float) -> str:
+  return f"{nbytes / 1e6:.2f} MB" if nbytes < 1e7 else f"{nbytes / 1e6:.0f} MB"
+
+
 def _check_space(workdir: str, nbytes: int) -> None:
-  """One checkpoint of the largest run must fit on the workdir's disk (twice: a save in flight)."""
+  """The rule: the workdir's disk must hold two checkpoints of the largest run, since a run
+  keeps its last checkpoint until the next one is complete (``nbytes``: the largest run's
+  checkpointed arrays, to which Orbax's files are added)."""
   probe = workdir
   while not os.path.exists(probe):
     probe = os.path.dirname(probe) or "."
   free = shutil.disk_usage(probe).free
-  if free < 2 * nbytes:
-    raise WorkdirError(f"no space left on device for --workdir={workdir}: a checkpoint needs "
-                       f"about {nbytes / 1e6:.1f} MB and {free / 1e6:.1f} MB are free; free "
-                       "space or choose another --workdir (nothing was written)")
+  each = nbytes + CHECKPOINT_OVERHEAD_BYTES
+  if free < 2 * each:
+    raise WorkdirError(
+        f"no space left on device for --workdir={workdir}: a run keeps its last checkpoint "
+        f"while it writes the next, so the disk must hold two checkpoints of the largest run, "
+        f"{_megabytes(2 * each)} ({_megabytes(each)} each, Orbax's files included), and "
+        f"{_megabytes(free)} are free; free space or choose another --workdir (nothing was "
+        "written)")
 
 
 def resolve(config: Any) -> tuple[Any, Any]:
@@ -82,34 +97,40 @@ def resolve(config: Any) -> tuple[Any, Any]:
   return config, run_data
 
 
-def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[runs_lib.Context, list]:
+def plan_all(config: Any, run_data: Any, workdir: Workdir) -> tuple[kinds.Context, list]:
   """Every run's plan (built once), each initial state traced shape-only: errors before any
   work. Returns the context (switched to real models) and ``[(declaration, plan)]``."""
-  decls = runs_lib.declarations(config)
-  ctx = runs_lib.Context(config=config, data=run_data, checkpoint_dir=workdir.checkpoint_dir,
-                         decls={d["name"]: d for d in decls}, abstract=True,
-                         workdir=workdir.path)
+  decls = kinds.declarations(config)
+  ctx = kinds.Context(config=config, data=run_data, workdir=workdir.path,
+                      decls={d.name: d for d in decls}, abstract=True)
   _check_devices(config, ctx.runner().num_devices)
   largest, plans = 0, []
-  for decl in decls:  # Trained teachers to load are read now, outside the shape-only traces.
-    if decl["kind"] == "load":
-      ctx.trained(decl["name"])
+  for decl in decls:  # Models read from outside the workdir are read now, outside the traces.
+    if decl.external:
+      ctx.trained(decl.name)
   for decl in decls:
-    plan = runs_lib.KINDS[decl["kind"]][0](ctx, decl)
-    try:
-      tree = jax.eval_shape(lambda plan=plan: plan.init_state().checkpoint_tree())
-    except (TrainError, data_lib.DataError) as e:
-      # Raised inside the trace: JAX appends a note on its filtered frames; keep one line.
-      raise type(e)(str(e).split("\n--------------------\n")[0]) from None
-    largest = max(largest, _nbytes(tree))
+    plan = kinds.KINDS[decl.kind].plan(ctx, decl)
+    if plan.init_state is not None:
+      try:
+        tree = jax.eval_shape(lambda plan=plan: plan.init_state().checkpoint_tree())
+      except (TrainError, data_lib.DataError) as e:
+        # Raised inside the trace: JAX appends a note on its filtered frames; keep one line.
+        raise type(e)(str(e).split("\n--------------------\n")[0]) from None
+      largest = max(largest, _nbytes(tree))
     plans.append((decl, plan))
   _check_space(workdir.path, largest)
   ctx.abstract = False
   return ctx, plans
 
 
-def _lock(workdir: Workdir):
-  return lock.WorkdirLock(workdir.path, is_main=is_main())
+def _settings(config: Any) -> execute_lib.Settings:
+  checked = config.checked_steps if config.get("checks", True) else 0
+  return execute_lib.Settings(
+      log_every=config.log_every, eval_every=config.eval_every,
+      checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
+      progress_bar=config.progress_bar, tensorboard=config.logging.tensorboard,
+      wandb_project=config.logging.wandb, config=config_lib.flatten(config.to_dict()),
+      checked_steps=int(checked or 0))
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -118,7 +139,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
   Args:
     config: an ``ml_collections.ConfigDict`` (see :func:`kdjax.train.config.base_config` for
       the keys; missing keys take their defaults). ``config.runs`` declares the runs
-      (:mod:`kdjax.train.runs`); empty, the standard teacher / student / student_kd pipeline.
+      (:mod:`kdjax.train.kinds`); empty, the standard teacher / student / student_kd pipeline.
     workdir: where checkpoints, logs and results go; an existing workdir of the same config is
       resumed, one of a different config is refused.
 
@@ -137,57 +158,17 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
   config, run_data = resolve(config)
   ctx, plans = plan_all(config, run_data, work)
   work.check_writable()
-  with _lock(work):
-    reusable = {"teacher": "teacher.checkpoint"} if "teacher" in ctx.decls else {}
+  with lock.WorkdirLock(work.path, is_main=contract.is_main()):
+    reusable = {d.name: d.reuse_key() for d in ctx.decls.values() if d.reuse_key()}
     if not work.check_config(config, reusable_runs=reusable):
       work.write_config(config)
-    sync("kdjax_workdir_ready")
+    contract.sync("kdjax_workdir_ready")
     work.load_results()
-    settings = execute_lib.Settings(
-        log_every=config.log_every, eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-        progress_bar=config.progress_bar, tensorboard=config.logging.tensorboard,
-        wandb_project=config.logging.wandb, config=config_lib.flatten(config.to_dict()))
-    names = getattr(getattr(run_data, "info", None), "class_names", None)
-    class_names = {"class_names": list(names)} if names else {}
+    settings = _settings(config)
     with PreemptionWatch() as watch:
       for decl, plan in plans:
-        name = decl["name"]
-        if plan.total_steps == 0:  # Loaded, not trained: evaluate it once.
-          if name not in work.results:
-            runner = plan.make_runner()
-            state = plan.init_state()
-            entry = {**plan.evaluate(runner, runner.put_state(state)), **plan.summary(state),
-                     "time_s": 0.0}
-            work.record(name, entry)
-          continue
-        if work.finished(name, plan.total_steps):
-          continue
-        if config.checks and config.checked_steps:
-          plan.step_fn = _checked_first(config.checked_steps)
-        entry, _ = execute_lib.execute(plan, work, settings, watch)
-        work.record(name, {**entry, **class_names})
-    for run, exported in compress_runs.export_all(config, work.path, work.results).items():
-      work.record(run, {**work.results[run], "export_accuracy": exported["accuracy"],
-                        "export_max_abs_diff": exported["max_abs_diff"],
-                        "size_bytes": exported["size_bytes"]})
+        if not work.finished(decl.name, plan.total_steps):
+          if plan.total_steps:  # Refuses a resume whose teacher, data or config changed.
+            inputs.check_or_record(work.path, ctx, decl)
+          work.record(decl.name, execute_lib.execute(plan, work, settings, watch))
   return dict(work.results)
-
-
-def _checked_first(n: int):
-  """The run's first ``n`` steps through ``kdjax.checked`` (value checks), then the plain step."""
-  def make(runner):
-    from kdjax import checked  # pylint: disable=g-import-not-at-top  (kdjax imports kdjax.train)
-    checked_runner = None
-    count = {"steps": 0}
-
-    def step(state, batch):
-      nonlocal checked_runner
-      if count["steps"] >= n:
-        return runner.step(state, batch)
-      count["steps"] += 1
-      if checked_runner is None:
-        checked_runner = runner.with_step_fn(checked(runner.step_fn))
-      return checked_runner.step(state, batch)
-    return step
-  return make

@@ -8,6 +8,7 @@ iterators (``get_state`` / ``set_state``) whose order depends on the seed alone.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Sequence
 
@@ -98,6 +99,25 @@ class ImageData:
     return evaluation.evaluate(runner, state, self.eval_batches(),
                                evaluation.make_reduce_fn(num_classes))
 
+  def fingerprint(self, samples: int = 64) -> str:
+    """A SHA-256 of the dataset's description and of ``samples`` evenly spaced examples of the
+    training and evaluation splits: another file under the same name, or other labels, give
+    another fingerprint (a change to examples outside the sample can go unnoticed)."""
+    d = self.config.data
+    dataset = self._dataset
+    if isinstance(dataset, str):
+      dataset = data.get_dataset(dataset, data_dir=d.data_dir or None)
+    digest = hashlib.sha256(repr(dataclasses.astuple(self.info)).encode())
+    for split in dict.fromkeys((d.train_split, d.eval_split or self.info.eval_split)):
+      source = dataset.source(split)
+      n = len(source)
+      digest.update(f"{split}:{n}".encode())
+      for i in sorted(set(np.linspace(0, n - 1, min(n, samples)).astype(int).tolist())):
+        example = source[i]
+        digest.update(np.ascontiguousarray(example["image"]).tobytes())
+        digest.update(str(int(example["label"])).encode())
+    return digest.hexdigest()
+
 
 def _class_subset(config: Any, classes: tuple[int, ...]) -> data.ArrayDataset:
   """The examples of ``classes`` from every split, held in memory (labels unchanged)."""
@@ -177,7 +197,12 @@ class TokenIterator:
 
 
 class TextData:
-  """Byte-level next-token windows of a text: 90% for training, the last 10% for evaluation."""
+  """Next-token windows of a text: 90% for training, the last 10% for evaluation.
+
+  Tokens are the text's distinct bytes, numbered in byte order (102 for the bundled text), or,
+  with ``config.data.tokenizer``, the ids of a Hugging Face ``tokenizer.json`` (the vocabulary
+  is then the tokenizer's, which a model read from a Hugging Face directory must predict).
+  """
 
   def __init__(self, config: Any):
     self.config = config
@@ -186,13 +211,11 @@ class TextData:
       raise data.DataError(f"config.data.name={config.data.name!r}: the bundled text is "
                            "'text:stdlib' (the Python standard library's source)")
     length = int(config.data.sequence_length)
-    text = np.frombuffer(stdlib_text(), np.uint8)
-    vocab, stream = np.unique(text, return_inverse=True)
+    stream, self.vocab_size = _tokenize(stdlib_text(), config.data.tokenizer)
     split = int(0.9 * len(stream))
     self.train = _windows(stream[:split], length)
     self.valid = _windows(stream[split:], length)
-    self.vocab_size = len(vocab)
-    self.shapes = Shapes(num_classes=len(vocab), input_shape=(length,),
+    self.shapes = Shapes(num_classes=self.vocab_size, input_shape=(length,),
                          num_train=len(self.train["tokens"]), input_key="tokens",
                          label_key="targets", input_dtype=jnp.int32)
     self.classes = ()
@@ -226,6 +249,35 @@ class TextData:
     del num_classes
     return evaluation.evaluate(runner, state, self.eval_batches(),
                                evaluation.make_token_reduce_fn(), evaluation.finalize_tokens)
+
+  def fingerprint(self) -> str:
+    """A SHA-256 of the training and evaluation windows."""
+    digest = hashlib.sha256()
+    for split in (self.train, self.valid):
+      for key in sorted(split):
+        digest.update(key.encode() + np.ascontiguousarray(split[key]).tobytes())
+    return digest.hexdigest()
+
+
+def _tokenize(text: bytes, tokenizer: str) -> tuple[np.ndarray, int]:
+  """The token stream of ``text`` and the vocabulary size: its distinct bytes (``tokenizer``
+  empty) or the ids of the ``tokenizer.json`` that ``tokenizer`` names."""
+  if not tokenizer:
+    vocab, stream = np.unique(np.frombuffer(text, np.uint8), return_inverse=True)
+    return stream.astype(np.int32), len(vocab)
+  from kdjax import models  # pylint: disable=g-import-not-at-top
+  from kdjax.train import schema  # pylint: disable=g-import-not-at-top
+  file = schema.tokenizer_file(tokenizer)
+  if not os.path.isfile(file):
+    raise data.DataError(f"config.data.tokenizer={tokenizer!r}: {file} does not exist; point it "
+                         "at a tokenizer.json or a Hugging Face model directory holding one")
+  if os.path.basename(file) == "tokenizer.json":
+    tok = models.load_tokenizer(os.path.dirname(file) or ".")
+  else:
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top  # the 'hf' extra
+    tok = Tokenizer.from_file(file)
+  ids = np.asarray(tok.encode(text.decode("utf-8")).ids, np.int32)
+  return ids, int(tok.get_vocab_size(with_added_tokens=True))
 
 
 def _windows(stream: np.ndarray, length: int) -> dict[str, np.ndarray]:

@@ -3,24 +3,21 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-_METRICS = ("accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity", "old_accuracy",
-            "new_accuracy", "ptq_accuracy", "sparsity", "export_accuracy", "export_max_abs_diff")
+from kdjax import workdir as contract
+
+__all__ = ["results_table", "summary_lines"]
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   """A plain-text table of the runs: their metrics, parameter counts and times.
 
-  Columns appear when at least one run has them (``perplexity`` for language models,
-  ``old_accuracy`` / ``new_accuracy`` for continual learning); a mutual-learning run adds one
-  row per member.
+  Columns appear when at least one row has them (``perplexity`` for language models,
+  ``old_accuracy`` / ``new_accuracy`` for continual learning); members (of a mutual run, of an
+  export) add one row each.
   """
-  rows_in: list[tuple[str, Mapping[str, Any]]] = []
-  for run, entry in results.items():
-    rows_in.append((run, entry))
-    for k, member in enumerate(entry.get("members", ())):
-      if f"accuracy_{k}" in entry:
-        rows_in.append((f"  {run}[{k}]", {**member, "accuracy": entry[f"accuracy_{k}"]}))
-  metrics = [m for m in _METRICS if any(m in e for _, e in rows_in)]
+  rows_in = [(name if name in results else f"  {name}", entry)
+             for name, entry in contract.result_rows(results)]
+  metrics = [m for m in contract.METRICS if any(m in e for _, e in rows_in)]
   sizes = [k for k in ("nonzero", "size_bytes") if any(k in e for _, e in rows_in)]
   columns = ("run", "model", *metrics, "params", *sizes, "time_s")
   rows = []
@@ -39,8 +36,25 @@ def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                                  for i, (c, w) in enumerate(zip(cells, widths)))
   out = [line(columns), line(["-" * w for w in widths])]
   out += [line(r) for r in rows]
-  if "student" in results and "student_kd" in results:
-    key = "perplexity" if "perplexity" in results["student_kd"] else "accuracy"
-    gain = results["student_kd"][key] - results["student"][key]
-    out.append(f"distillation gain (student_kd - student {key}): {gain:+.4f}")
+  out += summary_lines(results)
   return "\n".join(out)
+
+
+def summary_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """The lines under the table: each distillation gain, signed so that + is an improvement
+  (lower perplexity is better), and a warning for each loaded teacher that scores below the
+  student trained alone."""
+  out = []
+  for run, baseline, key, gain in contract.distillation_gains(results):
+    if key in contract.LOWER_IS_BETTER:
+      verdict = "better" if gain > 0 else "worse" if gain < 0 else "no change"
+      out.append(f"distillation gain ({run} vs {baseline}, {key}, lower is better): "
+                 f"{gain:+.4f} ({verdict})")
+    else:
+      out.append(f"distillation gain ({run} - {baseline} {key}): {gain:+.4f}")
+  for teacher, baseline, key, t, b in contract.weak_teachers(results):
+    out += [f"warning: the loaded teacher '{teacher}' ({key} {t:.4f}) scores below "
+            f"'{baseline}' trained alone ({b:.4f}):",
+            f"  distilling from it is unlikely to help; check what "
+            f"{results[teacher]['checkpoint']} was trained on (dataset, classes, normalisation)"]
+  return out

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from kdjax import workdir as contract
 
 
 def plain(value: Any) -> Any:
@@ -28,12 +29,6 @@ def plain(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The records of a ``metrics.jsonl`` file, in order."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _truncate_after(path: str, step: int) -> None:
@@ -62,7 +57,7 @@ class JsonlWriter:
 
   def __init__(self, run_dir: str, *, start_step: int):
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, METRICS_FILE)
+    path = os.path.join(run_dir, contract.METRICS_FILE)
     _truncate_after(path, start_step)
     self._file = open(path, "a")
 
@@ -77,21 +72,36 @@ class JsonlWriter:
 
 class TensorBoardWriter:
   """TensorBoard event files in ``run_dir``; events after ``start_step`` of an interrupted
-  attempt are purged."""
+  attempt are purged.
+
+  Events are written in the calling thread (tensorboardX's ``EventsWriter``), not by
+  ``SummaryWriter``'s background thread: when that thread dies (a full disk), its bounded queue
+  fills and the next ``add_scalar`` -- or the exit handler that closes it -- blocks forever.
+  Here a failed write raises in the training loop, which stops the run with one message.
+  """
 
   def __init__(self, run_dir: str, *, start_step: int):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._writer = SummaryWriter(logdir=run_dir, purge_step=start_step or None, flush_secs=10)
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    self._events = event_file_writer.EventsWriter(os.path.join(run_dir, "events"))
+    if start_step:  # TensorBoard hides the records at and after a session start's step.
+      self._events.write_event(event_pb2.Event(
+          step=start_step, wall_time=time.time(),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, record: Mapping[str, Any], split: str = "train") -> None:
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    now = time.time()
     for key, value in record.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._writer.add_scalar(f"{split}/{key}", value, step)
+        self._events.write_event(self._event_pb2.Event(
+            step=int(step), wall_time=now, summary=summary.scalar(f"{split}/{key}", value)))
     if split != "train":
-      self._writer.flush()
+      self._events.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    self._events.close()
 
 
 class WandbWriter:
@@ -113,7 +123,7 @@ class WandbWriter:
     self._run = wandb.init(project=project, name=run, group=os.path.basename(workdir),
                            dir=workdir, config=dict(config), mode=mode, reinit="create_new",
                            id=f"{os.path.basename(workdir)}-{run}", resume="allow")
-    self._start = start_step
+    del start_step  # W&B resumes the run by its id; records go to their own steps.
 
   def write(self, step: int, record: Mapping[str, Any], split: str = "train") -> None:
     values = {f"{split}/{k}": v for k, v in record.items()
@@ -142,8 +152,15 @@ class MultiWriter:
       w.write(step, record, split)
 
   def close(self) -> None:
+    """Closes every writer, even when one fails (a full disk); then raises the first error."""
+    error = None
     for w in self.writers:
-      w.close()
+      try:
+        w.close()
+      except Exception as e:  # pylint: disable=broad-except
+        error = error or e
+    if error is not None:
+      raise error
 
 
 def make_writer(run_dir: str, *, run: str, start_step: int, enabled: bool,

@@ -144,7 +144,7 @@ def test_batch_not_divisible_by_devices_names_the_fix():
 
 def test_mesh_errors_name_the_fix():
   with pytest.raises(ValueError, match="unknown mesh axes"):
-    parallel.make_mesh({"model": 2})
+    parallel.make_mesh({"tensor": 2})
   with pytest.raises(ValueError, match="not divisible"):
     parallel.make_mesh({"data": -1, "fsdp": 3})
   with pytest.raises(ValueError, match="needs parallel='jit'"):
@@ -164,11 +164,10 @@ def test_placing_a_state_never_lets_the_step_delete_the_callers_arrays(devices):
 
 
 def test_fsdp_shards_crd_memory_banks_with_the_student():
-  from kdjax import strategies  # pylint: disable=g-import-not-at-top
   num_data = 64
   objective = objectives.combine({
       "ce": objectives.cross_entropy(),
-      "crd": strategies.crd(num_data=num_data, feat_dim=32, num_negatives=8)})
+      "crd": objectives.crd(num_data=num_data, feat_dim=32, num_negatives=8)})
 
   def banks(state):
     return [state.objective_state["crd"][k] for k in ("memory_student", "memory_teacher")]

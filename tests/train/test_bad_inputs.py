@@ -170,7 +170,7 @@ def test_a_student_that_cannot_be_built_fails_before_the_teacher_trains(tmp_path
 def test_checked_first_steps_stop_a_diverging_run_naming_the_step(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny(**{"teacher.optimizer.learning_rate": 1e30, "teacher.optimizer.name": "sgd",
-                   "checkpoint_every": 1, "teacher.total_steps": 20, "checks": True,
+                   "checkpoint_every": 1, "teacher.total_steps": 20,
                    "checked_steps": 20})
   with pytest.raises(train.NonFiniteLossError) as caught:
     train.train_and_evaluate(config, workdir)

@@ -8,6 +8,7 @@ import pytest
 from kdjax import objectives
 from kdjax.train import builders
 from kdjax.train import config as config_lib
+from kdjax.train import schema
 from kdjax.train.errors import ConfigError
 
 
@@ -51,7 +52,7 @@ def test_constant_schedule():
   np.testing.assert_allclose(lr_at(schedule, [0, 50, 99]), [0.3] * 3, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adamw"])
+@pytest.mark.parametrize("name", sorted(schema.OPTIMIZERS))
 def test_weight_decay_skips_biases_and_scales(name):
   tx, _ = builders.make_optimizer(
       opt(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5),
@@ -136,7 +137,7 @@ def test_model_errors_name_the_key():
     builders.make_model(config.student, side="student", input_shape=(8, 8, 1),
                         rng=jax.random.key(0))
   with pytest.raises(ConfigError, match="did you mean 'resnet8'"):
-    builders.check_model_name("resnet9", "teacher")
+    schema.check_model_name("resnet9", "teacher.model")
   config = config_lib.resolve({}, num_classes=10)
   with pytest.raises(ConfigError, match="config.objective"):
     builders.make_model(config.student, side="student", input_shape=(8, 8, 1),

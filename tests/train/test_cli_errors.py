@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kdjax import main
+from kdjax.train import describe
 from kdjax import train
 from tests.train.conftest import TINY_CONFIG_FILE, cli
 
@@ -36,7 +37,7 @@ def _error_lines(err):
     (RuntimeError("RESOURCE_EXHAUSTED: Error writing file ocdbt manifest"), "/w"),
 ])
 def test_full_disk_is_one_line(exc, path):
-  assert main.describe_unexpected(exc, "/w") == NO_SPACE.format(path)
+  assert describe.describe_unexpected(exc, "/w") == NO_SPACE.format(path)
 
 
 def test_full_disk_found_in_the_cause():
@@ -46,17 +47,17 @@ def test_full_disk_found_in_the_cause():
     except OSError as e:
       raise RuntimeError("async save failed") from e
   except RuntimeError as e:
-    assert main.describe_unexpected(e, "/w") == NO_SPACE.format("/w/results.json")
+    assert describe.describe_unexpected(e, "/w") == NO_SPACE.format("/w/results.json")
 
 
 def test_device_memory_is_not_a_full_disk():
   exc = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.")
-  assert main.disk_full_path(exc, "/w") is None
-  assert "out of accelerator memory" in main.describe_unexpected(exc, "/w")
+  assert describe.disk_full_path(exc, "/w") is None
+  assert "out of accelerator memory" in describe.describe_unexpected(exc, "/w")
 
 
 def test_other_errors_point_to_verbose():
-  message = main.describe_unexpected(ZeroDivisionError("division by zero\nmore"), "/w")
+  message = describe.describe_unexpected(ZeroDivisionError("division by zero\nmore"), "/w")
   assert message.startswith("unexpected ZeroDivisionError: division by zero; rerun with --verbose")
 
 
@@ -65,14 +66,14 @@ def test_config_type_error_names_key_value_and_types():
           '  File "/cfg/my_config.py", line 7, in get_config\n'
           "TypeError: Could not override field 'batch_size' (reference). 64 is of original type "
           "<class 'str'> and cannot be casted to type <class 'int'>")
-  assert main.config_type_error(text, "/cfg/my_config.py") == (
+  assert describe.config_type_error(text, "/cfg/my_config.py") == (
       "--config=/cfg/my_config.py: config key 'batch_size' must be of type int, got '64' of type "
       "str (my_config.py, line 7); set it to an int value (e.g. no quotes around a number)")
-  assert main.config_type_error("something else", "c.py") is None
+  assert describe.config_type_error("something else", "c.py") is None
 
 
 def test_log_records_lose_their_tracebacks():
-  one_line = main._OneLine()  # pylint: disable=protected-access
+  one_line = describe._OneLine()  # pylint: disable=protected-access
   try:
     raise ValueError("boom")
   except ValueError:
@@ -92,7 +93,7 @@ def test_log_records_lose_their_tracebacks():
 
 @pytest.fixture(name="run_main")
 def fixture_run_main(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(main, "_quiet_background_tracebacks", lambda: None)
+  monkeypatch.setattr(describe, "quiet_background_tracebacks", lambda: None)
 
   def run(error, *flags):
     def fail(config, workdir):

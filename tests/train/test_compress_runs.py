@@ -15,7 +15,7 @@ CONFIG = os.path.join(REPO, "configs", "compress.py")
 SHORT = ["--config.total_steps=40", "--config.teacher.total_steps=40", "--config.compress.steps=20",
          "--config.compress.prune_end=10", "--config.compress.prune_frequency=2",
          "--config.eval_every=0", "--config.checkpoint_every=5", "--config.log_every=1",
-         "--config.progress_bar=False", "--config.checks=False"]
+         "--config.progress_bar=False", "--config.checked_steps=0"]
 
 
 def run(workdir, *extra):
@@ -27,7 +27,8 @@ def run(workdir, *extra):
 def test_compress_config_prunes_quantizes_and_exports(tmp_path):
   workdir = str(tmp_path / "run")
   results = run(workdir)
-  assert {"teacher", "student", "student_kd", "student_kd_pruned", "student_kd_int8"} == set(results)
+  assert list(results) == ["teacher", "student", "student_kd", "student_kd_pruned",
+                           "student_kd_int8", "export"]
   pruned = results["student_kd_pruned"]
   # 80% of each pruned layer, rounded to whole weights: 0.8 to within one weight in 10^4.
   assert pruned["sparsity"] >= 0.8 and pruned["nonzero"] < 0.3 * pruned["params"]
@@ -36,6 +37,12 @@ def test_compress_config_prunes_quantizes_and_exports(tmp_path):
     manifest = json.load(f)
   assert set(manifest) == {"student_kd", "student_kd_pruned", "student_kd_int8"}
   assert manifest["student_kd"]["max_abs_diff"] <= 1e-4
+  # The export run's entry: one member per exported run, as its manifest entry says.
+  members = {m["run"]: m for m in results["export"]["members"]}
+  assert set(members) == set(manifest)
+  for name, member in members.items():
+    assert member["accuracy"] == manifest[name]["accuracy"]
+    assert member["size_bytes"] == manifest[name]["size_bytes"]
   for name, entry in manifest.items():
     assert os.path.getsize(os.path.join(workdir, "export", f"{name}.onnx")) == entry["size_bytes"]
   # The int8 artifact's predictions, in onnxruntime, against the run's own evaluation.

@@ -53,11 +53,19 @@ def test_objective_replaces_the_default_terms():
     ({"mesh": {"model": 2}}, "unknown config key 'mesh.model'"),
     ({"mesh": {"data": 0}}, "config.mesh must map"),
     ({"teacher": {"total_steps": 0}}, "config.teacher.total_steps must be an integer >= 1"),
+    ({"checked_steps": -1}, "config.checked_steps must be an integer >= 0"),
+    ({"checks": False}, "config.checks was removed; set config.checked_steps=0"),
 ])
 def test_bad_values_name_the_key(config, message):
   with pytest.raises(ConfigError) as caught:
     config_lib.resolve(config)
   assert message in str(caught.value)
+
+
+def test_checked_steps_is_the_one_switch():
+  assert config_lib.resolve({}).checked_steps == 10
+  assert config_lib.resolve({"checked_steps": 0}).checked_steps == 0
+  assert "checks" not in config_lib.base_config()
 
 
 def test_class_count_must_match_the_dataset():

@@ -93,11 +93,11 @@ def test_fit_resumes_from_start_step_and_raises_what_an_action_asks_for():
 
 def test_log_metrics_and_evaluate_are_periodic_and_run_at_the_last_step():
   writer = Writer()
-  log = actions.LogMetrics(writer, every=2, examples_per_step=8, start_step=0,
+  log = actions.LogMetrics(writer, every=2, examples_per_step=8,
                            extra=lambda s: {"learning_rate": 0.1 * s})
   evaluations = []
   evaluate = actions.Evaluate(lambda state: evaluations.append(int(state.step)) or
-                              {"accuracy": 0.5}, writer, every=3, log=log)
+                              {"accuracy": 0.5}, writer, every=3)
   train.fit(make_state(), jax.jit(kdjax.distill_step), Batches(), total_steps=5,
             actions=[log, evaluate])
   train_steps = [s for s, split, _ in writer.records if split == "train"]
@@ -149,7 +149,7 @@ def test_checkpoint_action_saves_periodically_and_resume_continues_exactly(tmp_p
 
     save = actions.Checkpoint(checkpointer, every=2, host_state=runner.host_state,
                               bookkeeping=lambda: {"iterator": batches.get_state()},
-                              guard=None, make_error=lambda s, w: RuntimeError(w))
+                              make_error=lambda s, w: RuntimeError(w))
     try:
       train.fit(placed, runner.step, batches, total_steps=total, start_step=start,
                 actions=[Record(), save])

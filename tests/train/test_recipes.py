@@ -18,9 +18,10 @@ import tensorflow_datasets as tfds
 import kdjax
 from kdjax import data
 from kdjax import train
+from kdjax.configs import cifar100 as recipes
+from kdjax.models import zoo
 from kdjax.train import builders
 from kdjax.train import config as config_lib
-from kdjax.train import recipes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "cifar100", "*.py")))
@@ -89,6 +90,26 @@ def test_protocol():
   assert (shuffle.optimizer.learning_rate, shuffle.teacher.optimizer.learning_rate) == (0.01, 0.05)
   with pytest.raises(ValueError, match="unknown CIFAR-100 pair 'resnet9-resnet1'"):
     load(os.path.join(REPO, "configs", "cifar100", "kd.py"), "resnet9-resnet1")
+
+
+def test_recipes_read_the_zoo_stage_layout():
+  # The taps AB and OFD read: a ResNet block's last BatchNorm (bn2 for basic, bn3 for bottleneck
+  # blocks), a VGG group's last BatchNorm; a Wide ResNet's margin is the BatchNorm its stage
+  # output enters next.
+  assert recipes.preact("resnet8x4", "stage1") == "stage1/block_0/bn2"
+  assert recipes.preact("resnet56", "stage3") == "stage3/block_8/bn2"
+  assert recipes.preact("resnet50", "stage2") == "stage2/block_3/bn3"
+  assert recipes.preact("vgg13", "stage4") == "stage4/bn1"
+  assert recipes.preact("wrn_40_2", "stage2") == "stage2"
+  assert recipes.bn_before_relu("wrn_40_2", "stage2") == "stage3/block_0/bn1"
+  assert recipes.bn_before_relu("wrn_40_2", "stage3") == "bn"
+  assert zoo.stage_layout("wrn_16_2").channels == (16, 32, 64, 128)
+  assert zoo.stage_layout("vgg8").channels == (64, 128, 256, 512, 512)
+  assert zoo.stage_layout("mobilenetv2").stages[-1] == "stage7"
+  with pytest.raises(ValueError, match="no rule for 'mobilenetv2'"):
+    recipes.bn_before_relu("mobilenetv2", "stage2")
+  with pytest.raises(ValueError, match="no convolutional stages"):
+    zoo.stage_layout("mlp")
 
 
 @pytest.fixture(name="mock_cifar100")

@@ -16,7 +16,7 @@ CONFIGS = {
     "lm/distill.py": {"teacher", "student", "student_kd"},
 }
 SHORT = {"total_steps": 12, "log_every": 1, "eval_every": 0, "checkpoint_every": 5,
-         "progress_bar": False, "teacher.total_steps": 12, "checks": False}
+         "progress_bar": False, "teacher.total_steps": 12, "checked_steps": 0}
 
 
 def load(name, **overrides):
@@ -65,7 +65,7 @@ def test_strategy_config_runs_every_declared_run(name, tmp_path):
 def test_mutual_resumes_exactly_after_sigkill(tmp_path):
   args = [f"--config={os.path.join(REPO, 'configs', 'strategies', 'mutual.py')}",
           "--config.total_steps=30", "--config.log_every=1", "--config.eval_every=15",
-          "--config.checkpoint_every=5", "--config.progress_bar=False", "--config.checks=False"]
+          "--config.checkpoint_every=5", "--config.progress_bar=False", "--config.checked_steps=0"]
   reference = str(tmp_path / "reference")
   run_cli(*args, f"--workdir={reference}")
   workdir = str(tmp_path / "killed")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdjax import train
-from kdjax.train import cache_runs
+from kdjax.train.kinds import _cached_teacher as cache_runs
 from kdjax.train import config as config_lib
 from tests.train.conftest import TINY_CONFIG_FILE, cli, kill_when, run_cli, tiny, train_losses
 

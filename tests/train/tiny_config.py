@@ -17,7 +17,7 @@ def get_config():
   config.checkpoint_every = 10
   config.keep_checkpoints = 2
   config.progress_bar = False
-  config.checks = False  # One compiled step per run; the checked first steps have their own tests.
+  config.checked_steps = 0  # One compiled step per run; checked first steps have their own tests.
   config.data.name = "digits"
   config.data.eval_batch_size = 368
   config.teacher.model = "mlp"

@@ -55,23 +55,26 @@ WEIGHTS = {"pixel_kd": 1.0, "cwd": 3.0, "pairwise": 0.0,
            "heatmap_kd": 1.0, "ld": 0.0, "imitation": 0.0}
 
 
+# Each task's own loss, and the distillation terms that may be added to it (name -> task, term).
+OWN_TERMS = {"seg": {"ce": objectives.cross_entropy()},
+             "det": {"det": objectives.point_detection()}}
+KD_TERMS = {
+    "pixel_kd": ("seg", objectives.pixel_kd(temperature=1.0)),
+    "cwd": ("seg", objectives.channel_wise_distillation(temperature=4.0)),
+    "pairwise": ("seg", objectives.pairwise_similarity_distillation(
+        student="stage2", teacher="stage2", nodes=(4, 4))),
+    "heatmap_kd": ("det", objectives.heatmap_kd(temperature=1.0)),
+    "ld": ("det", objectives.localization_distillation(temperature=10.0)),
+    "imitation": ("det", objectives.feature_imitation(
+        student="pre_logits", teacher="pre_logits", anchor_sizes=(8.0, 16.0))),
+}
+
+
 def objective(task: str, distill: bool):
-  if task == "seg":
-    terms = {"ce": objectives.cross_entropy()}
-    kd_terms = dict(
-        pixel_kd=objectives.pixel_kd(temperature=1.0),
-        cwd=objectives.channel_wise_distillation(temperature=4.0),
-        pairwise=objectives.pairwise_similarity_distillation(student="stage2", teacher="stage2",
-                                                             nodes=(4, 4)))
-  else:
-    terms = {"det": objectives.point_detection()}
-    kd_terms = dict(
-        heatmap_kd=objectives.heatmap_kd(temperature=1.0),
-        ld=objectives.localization_distillation(temperature=10.0),
-        imitation=objectives.feature_imitation(student="pre_logits", teacher="pre_logits",
-                                               anchor_sizes=(8.0, 16.0)))
+  terms = dict(OWN_TERMS[task])
   if distill:
-    terms.update({k: (term, WEIGHTS[k]) for k, term in kd_terms.items() if WEIGHTS[k] > 0})
+    terms.update({k: (term, WEIGHTS[k]) for k, (term_task, term) in KD_TERMS.items()
+                  if term_task == task and WEIGHTS[k] > 0})
   return objectives.combine(terms)
 
 

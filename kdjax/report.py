@@ -268,9 +268,11 @@ def plot(workdirs: Sequence[WorkdirView], path: str) -> list[str]:
 
 
 def write_report(workdirs: Sequence[str], out: str | None = None) -> tuple[str, str]:
-  """Writes the report of ``workdirs`` into ``out`` (default: the first workdir); returns the
-  paths of its figure and markdown: ``report.png`` / ``report.md`` for one workdir,
-  ``seeds_report.png`` / ``seeds_report.md`` for several."""
+  """Writes the report of ``workdirs``; returns the paths of its figure and markdown.
+
+  Into ``out`` (default: the first workdir): ``report.png`` / ``report.md`` for one workdir,
+  ``seeds_report.png`` / ``seeds_report.md`` for several.
+  """
   if not workdirs:
     raise ReportError("pass at least one workdir: kdjax report WORKDIR [WORKDIR ...]")
   loaded = [load(w) for w in workdirs]

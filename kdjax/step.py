@@ -52,7 +52,9 @@ class DistillState:
       never part of a checkpoint (:meth:`checkpoint_tree`).
     student_apply, teacher_apply, tx, objective: static: the model protocol functions, the
       optax transformation and the objective term.
-    input_key, label_key: which batch entries hold the model inputs and the integer labels.
+    input_key, label_key: which batch entries hold the student's inputs and the integer labels.
+    teacher_input_key: the batch entry the teacher reads (``None``: ``input_key``, the same
+      inputs as the student); see :attr:`teacher_key`.
     input_shape: static: the per-example shape of ``example_batch[input_key]`` (one tuple per
       input array), so a step fed inputs of another shape says so before the model fails.
     accumulation_steps: micro-batches per update (gradient accumulation).
@@ -72,6 +74,7 @@ class DistillState:
   objective: Term = flax.struct.field(pytree_node=False)
   input_key: str = flax.struct.field(pytree_node=False, default="image")
   label_key: str = flax.struct.field(pytree_node=False, default="label")
+  teacher_input_key: str | None = flax.struct.field(pytree_node=False, default=None)
   accumulation_steps: int = flax.struct.field(pytree_node=False, default=1)
   input_shape: tuple[tuple[int, ...], ...] | None = flax.struct.field(pytree_node=False,
                                                                       default=None)
@@ -87,6 +90,7 @@ class DistillState:
              example_batch: Batch,
              input_key: str = "image",
              label_key: str = "label",
+             teacher_input_key: str | None = None,
              accumulation_steps: int = 1) -> "DistillState":
     """Builds the initial state: objective adapters are initialised from the models' shapes.
 
@@ -101,7 +105,10 @@ class DistillState:
     deletes arrays the :class:`~kdjax.models.Model` objects still hold.
       example_batch: a batch (arrays or ``jax.ShapeDtypeStruct``) with the shapes of a training
         batch; only shapes are used.
-      input_key: batch entry holding the model inputs.
+      input_key: batch entry holding the student's inputs.
+      teacher_input_key: batch entry holding the teacher's inputs (``None``: ``input_key``): a
+        teacher that sees another view of each example (the full image while the student sees
+        a degraded one, another modality). The two entries must describe the same examples.
       label_key: batch entry holding integer labels (used for accuracy and label-aware terms).
       accumulation_steps: split each batch into this many micro-batches and average their
         gradients before one update.
@@ -111,8 +118,14 @@ class DistillState:
                       "with kdjax.models.from_linen / from_nnx / from_apply_fn")
     if input_key not in example_batch:
       raise ValueError(f"the batch has no {input_key!r} entry (it has {sorted(example_batch)}); "
-                       "pass input_key=... naming the entry that holds the model inputs")
+                       "pass input_key=... naming the entry that holds the model inputs "
+                       "(config.<model section>.input_key)")
     _check_not_empty(example_batch[input_key], input_key, "example_batch")
+    teacher_key = input_key if teacher_input_key is None else teacher_input_key
+    if teacher is not None and teacher_key not in example_batch:
+      raise ValueError(f"the batch has no {teacher_key!r} entry for the teacher (it has "
+                       f"{sorted(example_batch)}); pass teacher_input_key=... naming the entry "
+                       "that holds the teacher's inputs (config.teacher.input_key)")
     _check_needed_keys(objective, example_batch, "example_batch")
     accumulation_steps = int(accumulation_steps)
     batch_size = jax.tree.leaves(example_batch)[0].shape[0]
@@ -127,7 +140,7 @@ class DistillState:
     if teacher is not None:
       t_out, _ = jax.eval_shape(
           lambda p, s, x: teacher.apply(p, s, x, train=False, rng=None), teacher.params,
-          teacher.model_state, x)
+          teacher.model_state, example_batch[teacher_key])
       if s_out.logits.shape[-1] != t_out.logits.shape[-1]:
         raise ValueError(
             f"teacher logits have {t_out.logits.shape[-1]} classes but the student has "
@@ -159,9 +172,15 @@ class DistillState:
         objective=objective,
         input_key=input_key,
         label_key=label_key,
+        teacher_input_key=teacher_input_key,
         accumulation_steps=accumulation_steps,
         input_shape=_example_shape(x))
 
+
+  @property
+  def teacher_key(self) -> str:
+    """The batch entry the teacher reads: ``teacher_input_key``, or the student's ``input_key``."""
+    return self.input_key if self.teacher_input_key is None else self.teacher_input_key
 
   def checkpoint_tree(self) -> dict[str, PyTree]:
     """What a checkpoint of this state holds: every trained field, never the teacher."""
@@ -231,6 +250,10 @@ def _check_batch(state: "DistillState", batch: Batch, *, objective: bool) -> Non
                      "DistillState.create")
   inputs = batch[state.input_key]
   _check_not_empty(inputs, state.input_key, "the batch")
+  if state.teacher_apply is not None and state.teacher_key not in batch:
+    raise ValueError(f"the batch has no {state.teacher_key!r} entry for the teacher (it has "
+                     f"{sorted(batch)}); feed batches with the entries of the example batch "
+                     "given to DistillState.create")
   if objective:
     _check_needed_keys(state.objective, batch, "the batch")
   if state.input_shape is None or _example_shape(inputs) == state.input_shape:
@@ -302,10 +325,18 @@ def _masked_out_inputs(inputs: Any, mask: Any) -> Any:
       inputs)
 
 
+def _teacher_inputs(state: DistillState, batch: Batch, student_inputs: Any, mask: Any) -> Any:
+  """The teacher's inputs: ``batch[state.teacher_key]`` (masked like the student's), or the
+  student's own when both read the same entry."""
+  if state.teacher_apply is None or state.teacher_key == state.input_key:
+    return student_inputs
+  return _masked_out_inputs(batch[state.teacher_key], mask)
+
+
 def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, student_state,
                        objective_state, axis_name):
   inputs = _masked_out_inputs(batch[state.input_key], batch.get("mask"))
-  teacher_out = teacher_forward(state, inputs)
+  teacher_out = teacher_forward(state, _teacher_inputs(state, batch, inputs, batch.get("mask")))
 
   def loss_fn(params):
     student_out, new_student_state = state.student_apply(
@@ -328,7 +359,8 @@ def distill_step(state: DistillState, batch: Batch, *,
 
   Args:
     state: the :class:`DistillState`.
-    batch: a dict of arrays with a leading batch axis: ``state.input_key`` (model inputs),
+    batch: a dict of arrays with a leading batch axis: ``state.input_key`` (the student's
+      inputs), ``state.teacher_key`` (the teacher's, when it reads another entry),
       ``state.label_key`` (integer labels, when terms or metrics need them), optionally ``mask``
       (per-example validity) and whatever else the terms read (e.g. ``index``).
     axis_name: set when the step runs under ``pmap`` (or ``shard_map``): gradients, BatchNorm
@@ -413,7 +445,7 @@ def eval_step(state: DistillState, batch: Batch, *,
     if logits.shape[-1] >= 5:
       _, top5 = jax.lax.top_k(logits, 5)
       result["top5"] = jnp.any(top5 == labels[..., None], axis=-1)
-  teacher_out = teacher_forward(state, inputs)
+  teacher_out = teacher_forward(state, _teacher_inputs(state, batch, inputs, None))
   if teacher_out is not None:
     result["teacher_prediction"] = jnp.argmax(teacher_out.logits, axis=-1)
     result["agreement"] = result["prediction"] == result["teacher_prediction"]

@@ -8,7 +8,8 @@ WORKDIR/
   <run>/metrics.jsonl          one JSON object per record: {"step": int, "loss": float, ...}
   <run>/events.*               TensorBoard
   <run>/inputs.json            what the run started from: config, data fingerprint, teachers
-  teacher_cache/<run>/         a teacher cache (when ``config.teacher_cache.dir`` is empty)
+  teacher_cache/<run>/<key>/   a teacher cache, keyed by its fingerprint (when
+                               ``config.teacher_cache.dir`` is empty)
   export/                      exported models and their manifest.json (the ``export`` run)
 ```
 
@@ -41,7 +42,7 @@ TEACHER_CACHE_DIR = "teacher_cache"
 
 # The evaluation metrics a results entry may hold, in the order tables show them (a table shows
 # those that at least one entry has).
-METRICS = ("accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity", "old_accuracy",
+METRICS = ("miou", "map50", "map", "accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity", "old_accuracy",
            "new_accuracy", "ptq_accuracy", "sparsity", "max_abs_diff")
 # Metrics where lower is better: a gain in them is the baseline's value minus the run's.
 LOWER_IS_BETTER = ("perplexity", "ece", "max_abs_diff")
@@ -129,14 +130,15 @@ def result_rows(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Map
 def distillation_gains(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str,
                                                                                 float]]:
   """``[(run, baseline, metric, gain)]`` for each run whose entry names its ``baseline``: the
-  gain in perplexity for language models, else in accuracy, positive when the distilled run is
+  gain in perplexity for language models, mean IoU for segmentation, COCO mAP for detection,
+  else in accuracy, positive when the distilled run is
   better (``baseline - run`` for perplexity, where lower is better)."""
   gains = []
   for run, entry in results.items():
     base = results.get(entry.get("baseline", ""))
     if base is None:
       continue
-    key = "perplexity" if "perplexity" in entry else "accuracy"
+    key = next((k for k in ("perplexity", "miou", "map") if k in entry), "accuracy")
     if key in entry and key in base:
       gain = base[key] - entry[key] if key in LOWER_IS_BETTER else entry[key] - base[key]
       gains.append((run, entry["baseline"], key, gain))

@@ -34,12 +34,15 @@ from kdjax.data._builtin import ArrayDataset
 from kdjax.data._builtin import SyntheticDataset
 from kdjax.data._files import read_idx
 from kdjax.data._folder import FolderDataset
+from kdjax.data._pipeline import DEGRADED_KEY
+from kdjax.data._pipeline import DegradeOptions
 from kdjax.data._pipeline import EvalBatches
 from kdjax.data._pipeline import ReplayViews
 from kdjax.data._pipeline import TrainIterator
 from kdjax.data._pipeline import make_eval_batches
 from kdjax.data._pipeline import make_replay_views
 from kdjax.data._pipeline import make_train_iterator
+from kdjax.data._pipeline import target_specs
 from kdjax.data._registry import available_datasets
 from kdjax.data._registry import get_dataset
 from kdjax.data._registry import get_info
@@ -55,6 +58,8 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "DatasetNotPreparedError",
+    "DEGRADED_KEY",
+    "DegradeOptions",
     "EvalBatches",
     "FolderDataset",
     "ReplayViews",
@@ -72,4 +77,5 @@ __all__ = [
     "make_train_iterator",
     "read_idx",
     "stdlib_corpus",
+    "target_specs",
 ]

@@ -74,3 +74,19 @@ class Dataset(abc.ABC):
     if split not in splits:
       raise DataError(f"dataset '{self.info.name}' has no split '{split}'; "
                       f"its splits are {list(splits)}")
+
+
+class SplitsDataset(Dataset):
+  """A :class:`Dataset` whose ``__init__`` builds everything up front: ``self._info`` and
+  ``self._sources`` (split name -> :class:`Source`, one per split it can read)."""
+
+  _info: DatasetInfo
+  _sources: Mapping[str, Source]
+
+  @property
+  def info(self) -> DatasetInfo:
+    return self._info
+
+  def source(self, split: str) -> Source:
+    self._check_split(split, tuple(self._sources))
+    return self._sources[split]

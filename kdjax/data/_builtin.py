@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdjax.data._base import DataError, Dataset, DatasetInfo
+from kdjax.data._base import DataError, DatasetInfo, SplitsDataset
 
 DIGITS_NUM_EVAL = 359
 DIGITS_SPLIT_SEED = 0
@@ -36,7 +36,7 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
   return tuple(float(v) for v in x.mean(axes)), tuple(float(v) for v in x.std(axes))
 
 
-class ArrayDataset(Dataset):
+class ArrayDataset(SplitsDataset):
   """A dataset from numpy arrays, one ``(images, labels)`` pair per split.
 
   Images are ``[N, H, W, C]``, uint8 in ``[0, 255]`` or float32 in ``[0, 1]``. The per-channel
@@ -59,14 +59,6 @@ class ArrayDataset(Dataset):
         name=name, num_classes=int(num_classes), input_shape=tuple(train_images.shape[1:]),
         num_train=len(self._sources["train"]), num_eval=len(self._sources[eval_split]),
         splits=tuple(self._sources), eval_split=eval_split, mean=mean, std=std)
-
-  @property
-  def info(self) -> DatasetInfo:
-    return self._info
-
-  def source(self, split: str) -> ArraySource:
-    self._check_split(split, tuple(self._sources))
-    return self._sources[split]
 
 
 def digits_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,31 +89,43 @@ def digits() -> ArrayDataset:
                                  "test": (images[test], labels[test])}, num_classes=10)
 
 
-class _SyntheticSource:
-  """Example ``i`` is its class prototype plus Gaussian noise, drawn from ``(seed, split, i)``."""
+class SeededSource:
+  """A generated split of ``size`` examples: example ``i`` is drawn from a generator seeded by
+  ``(seed, split_id, i)`` alone, so it is the same on every machine and in every worker."""
 
-  def __init__(self, prototypes: np.ndarray, size: int, seed: int, split_id: int, noise: float):
-    self.prototypes = prototypes
+  def __init__(self, size: int, seed: int, split_id: int):
     self.size = size
     self.seed = seed
     self.split_id = split_id
-    self.noise = noise
 
   def __len__(self) -> int:
     return self.size
 
-  def __getitem__(self, index: int) -> Mapping[str, Any]:
+  def _rng(self, index: int) -> np.random.Generator:
+    """The generator of example ``index``; :class:`IndexError` outside the split."""
     index = int(index)
     if not 0 <= index < self.size:
       raise IndexError(f"index {index} out of range for a split of {self.size} examples")
-    rng = np.random.default_rng((self.seed, self.split_id, index))
+    return np.random.default_rng((self.seed, self.split_id, index))
+
+
+class _SyntheticSource(SeededSource):
+  """Example ``i`` is its class prototype plus Gaussian noise, drawn from ``(seed, split, i)``."""
+
+  def __init__(self, prototypes: np.ndarray, size: int, seed: int, split_id: int, noise: float):
+    super().__init__(size, seed, split_id)
+    self.prototypes = prototypes
+    self.noise = noise
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    rng = self._rng(index)
     label = int(rng.integers(len(self.prototypes)))
     noise = rng.standard_normal(self.prototypes.shape[1:]).astype(np.float32)
     image = np.clip(self.prototypes[label] + self.noise * noise, 0.0, 1.0)
     return {"image": image.astype(np.float32), "label": label}
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(SplitsDataset):
   """A generated, learnable classification dataset for tests and smoke runs.
 
   Each class has a random prototype image in ``[0, 1]``; an example is its class prototype plus
@@ -156,11 +160,3 @@ class SyntheticDataset(Dataset):
     mean, std = _channel_stats(sample)
     self._info = DatasetInfo(name=name, num_classes=num_classes, input_shape=input_shape,
                              num_train=num_train, num_eval=num_eval, mean=mean, std=std)
-
-  @property
-  def info(self) -> DatasetInfo:
-    return self._info
-
-  def source(self, split: str) -> _SyntheticSource:
-    self._check_split(split, tuple(self._sources))
-    return self._sources[split]

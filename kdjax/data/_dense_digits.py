@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdjax.data import _builtin
-from kdjax.data._base import DataError, Dataset, DatasetInfo
+from kdjax.data._base import DataError, DatasetInfo, SplitsDataset
 
 _SPLITS = ("train", "test")
 # A pixel belongs to its digit when the resized stroke intensity exceeds this (in [0, 1]).
@@ -70,7 +70,7 @@ def _compose(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, c
   return image, classes, boxes, box_classes
 
 
-class DenseDigitsSource:
+class DenseDigitsSource(_builtin.SeededSource):
   """One split of a digit-canvas dataset; example ``i`` is generated on access, deterministically.
 
   Examples: ``{'image': float32 [S, S, 1] in [0, 1], 'label': int32 [S, S]}`` (segmentation: the
@@ -80,19 +80,13 @@ class DenseDigitsSource:
 
   def __init__(self, task: str, split: str, size: int, seed: int, canvas: int,
                count: tuple[int, int], digit_size: tuple[int, int], max_boxes: int):
-    self.task, self.split, self.size, self.seed = task, split, size, seed
+    super().__init__(size, seed, _SPLITS.index(split))
+    self.task, self.split = task, split
     self.canvas, self.count, self.digit_size, self.max_boxes = canvas, count, digit_size, max_boxes
-    self.split_id = _SPLITS.index(split)
-
-  def __len__(self) -> int:
-    return self.size
 
   def __getitem__(self, index: int) -> Mapping[str, Any]:
-    index = int(index)
-    if not 0 <= index < self.size:
-      raise IndexError(f"index {index} out of range for a split of {self.size} examples")
+    rng = self._rng(index)
     images, labels = _digit_splits()[self.split]
-    rng = np.random.default_rng((self.seed, self.split_id, index))
     image, classes, boxes, box_classes = _compose(rng, images, labels, self.canvas, self.count,
                                                   self.digit_size)
     out = {"image": image[..., None]}
@@ -112,7 +106,7 @@ class DenseDigitsSource:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-class DenseDigits(Dataset):
+class DenseDigits(SplitsDataset):
   """Digit canvases for segmentation (``task='segmentation'``) or detection (``'detection'``).
 
   Args:
@@ -141,14 +135,6 @@ class DenseDigits(Dataset):
         map(str, range(10)))
     self._info = DatasetInfo(name=name, num_classes=num_classes, input_shape=(canvas, canvas, 1),
                              num_train=num_train, num_eval=num_eval, class_names=names)
-
-  @property
-  def info(self) -> DatasetInfo:
-    return self._info
-
-  def source(self, split: str) -> DenseDigitsSource:
-    self._check_split(split, _SPLITS)
-    return self._sources[split]
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,7 +50,7 @@ def _check_arrays(where: str, images: np.ndarray, labels: np.ndarray) -> tuple[n
   if not np.issubdtype(images.dtype, np.floating):
     raise DataError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1], got dtype "
                     f"{images.dtype}")
-  finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+  finite = np.isfinite(images.reshape(len(images), int(np.prod(images.shape[1:])))).all(axis=1)
   if not finite.all():
     bad = int(np.flatnonzero(~finite)[0])
     kind = "NaN" if np.isnan(images[bad]).any() else "infinite"
@@ -84,6 +84,12 @@ def check_classes(where: str, labels: Mapping[str, np.ndarray],
   every other split must hold exactly those classes. At least two classes either way. Errors
   name the offending label, its split and example index, and ``where``.
   """
+  def check_below(split: str, y: np.ndarray, k: int, reason: str, fix: str) -> None:
+    outside = np.flatnonzero(y >= k)
+    if outside.size:
+      i = int(outside[0])
+      raise DataError(f"{where}: {split} label {int(y[i])} (example {i}) {reason}; {fix}")
+
   train = labels["train"]
   if not len(train):
     raise DataError(f"{where}: the train split is empty; it needs examples of at least two "
@@ -91,12 +97,8 @@ def check_classes(where: str, labels: Mapping[str, np.ndarray],
   if class_names is not None:
     k = len(class_names)
     for split, y in labels.items():
-      outside = np.flatnonzero(y >= k)
-      if outside.size:
-        i = int(outside[0])
-        raise DataError(f"{where}: {split} label {int(y[i])} (example {i}) is outside the {k} "
-                        f"classes class_names lists; fix that label or list every class in "
-                        "class_names")
+      check_below(split, y, k, f"is outside the {k} classes class_names lists",
+                  "fix that label or list every class in class_names")
     if k < 2:
       raise DataError(f"{where}: class_names lists {k} class; a classifier needs at least two")
     return k
@@ -115,12 +117,8 @@ def check_classes(where: str, labels: Mapping[str, np.ndarray],
   for split, y in labels.items():
     if split == "train":
       continue
-    outside = np.flatnonzero(y >= k)
-    if outside.size:
-      i = int(outside[0])
-      raise DataError(f"{where}: {split} label {int(y[i])} (example {i}) is not a training "
-                      f"class (the train split has classes 0..{k - 1}); fix that label, or store "
-                      "a class_names array naming every class")
+    check_below(split, y, k, f"is not a training class (the train split has classes 0..{k - 1})",
+                "fix that label, or store a class_names array naming every class")
     absent = sorted(set(range(k)) - {int(c) for c in np.unique(y)})
     if absent and len(y):
       raise DataError(f"{where}: class {_ranges(absent)} appears in train but not in {split}; "

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdjax.data._base import DataError, Dataset, DatasetInfo
+from kdjax.data._base import DataError, DatasetInfo, SplitsDataset
 from kdjax.data._builtin import _channel_stats
 from kdjax.data._files import _eval_split
 
@@ -132,7 +132,7 @@ def _class_layout(root: str, name: str, class_names: Sequence[str], eval_fractio
   return class_names, files
 
 
-class FolderDataset(Dataset):
+class FolderDataset(SplitsDataset):
   """Images in class folders: ``<root>/<split>/<class>/<image>`` or ``<root>/<class>/<image>``.
 
   Split layout: every sub-folder of ``root`` is a split (``'train'`` is required; evaluation
@@ -205,11 +205,3 @@ class FolderDataset(Dataset):
         name=name, num_classes=len(class_names), input_shape=(*size, 1 if grayscale else 3),
         num_train=len(train), num_eval=len(self._sources[eval_split]), splits=tuple(files),
         eval_split=eval_split, mean=mean, std=std, class_names=class_names)
-
-  @property
-  def info(self) -> DatasetInfo:
-    return self._info
-
-  def source(self, split: str) -> FolderSource:
-    self._check_split(split, tuple(self._sources))
-    return self._sources[split]

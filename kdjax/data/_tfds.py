@@ -31,6 +31,20 @@ def parse_tfds_name(name: str) -> str:
   return "/".join(parts)
 
 
+def image_shape(features: Mapping[str, Any], where: str) -> tuple[int, ...]:
+  """The fixed ``[H, W, C]`` of a TFDS dataset's ``image`` feature, once its features are checked
+  to hold ``image`` and ``label``; errors begin with ``where`` (the dataset, as users name it)."""
+  missing = [k for k in ("image", "label") if k not in features]
+  if missing:
+    raise DataError(f"{where} has no {missing} feature(s) (it has {sorted(features.keys())}); "
+                    "kdjax reads image classification datasets with 'image' and 'label' features")
+  shape = tuple(features["image"].shape)
+  if any(d is None for d in shape):
+    raise DataError(f"{where} has images of varying size {shape}; kdjax batches fixed-size "
+                    "images only (e.g. cifar10, cifar100, mnist)")
+  return shape
+
+
 class _TfdsSource:
   """Maps a TFDS record to kdjax's ``{'image', 'label'}``; pickles into grain workers."""
 
@@ -80,15 +94,7 @@ class TfdsDataset(Dataset):
                       "use an image dataset whose builder does not need it, or install the "
                       "package") from e
     features = self._builder.info.features
-    missing = [k for k in ("image", "label") if k not in features]
-    if missing:
-      raise DataError(f"TFDS dataset '{tfds_name}' has no {missing} feature(s) (it has "
-                      f"{sorted(features.keys())}); kdjax reads image classification datasets "
-                      "with 'image' and 'label' features")
-    shape = tuple(features["image"].shape)
-    if any(d is None for d in shape):
-      raise DataError(f"TFDS dataset '{tfds_name}' has images of varying size {shape}; kdjax "
-                      "batches fixed-size images only (e.g. cifar10, cifar100, mnist)")
+    shape = image_shape(features, f"TFDS dataset '{tfds_name}'")
     splits = tuple(self._builder.info.splits.keys())
     eval_split = "test"
     if splits and "test" not in splits:

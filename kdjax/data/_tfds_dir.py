@@ -10,7 +10,7 @@ import os
 
 from kdjax.data._base import DataError, Dataset, DatasetInfo
 from kdjax.data._files import _eval_split
-from kdjax.data._tfds import _OPEN_ERRORS, KNOWN_STATS, _TfdsSource
+from kdjax.data._tfds import _OPEN_ERRORS, KNOWN_STATS, _TfdsSource, image_shape
 
 
 class TfdsDirDataset(Dataset):
@@ -46,15 +46,7 @@ class TfdsDirDataset(Dataset):
       raise DataError(f"dataset '{self.name}': TFDS cannot read the dataset in {directory} "
                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     features = self._builder.info.features
-    missing = [k for k in ("image", "label") if k not in features]
-    if missing:
-      raise DataError(f"dataset '{self.name}': the TFDS dataset in {directory} has no {missing} "
-                      f"feature(s) (it has {sorted(features.keys())}); kdjax reads image "
-                      "classification datasets with 'image' and 'label' features")
-    shape = tuple(features["image"].shape)
-    if any(d is None for d in shape):
-      raise DataError(f"dataset '{self.name}': the images in {directory} vary in size {shape}; "
-                      "kdjax batches fixed-size images only")
+    shape = image_shape(features, f"dataset '{self.name}': the TFDS dataset in {directory}")
     splits = tuple(self._builder.info.splits.keys())
     if "train" not in splits:
       raise DataError(f"dataset '{self.name}': the TFDS dataset in {directory} has no 'train' "

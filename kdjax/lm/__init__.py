@@ -26,6 +26,9 @@ masked by padding and reduced as a token-weighted mean.
   :func:`cross_tokenizer_losses`, :func:`cross_tokenizer_term`.
 * Sampled offline targets: :func:`sample_teacher_targets`, :func:`sampled_kd_term`; several
   teachers: :func:`route_teachers`.
+* On-policy distillation (GKD): :class:`OnPolicyConfig`, :func:`generalized_jsd_term`,
+  :func:`on_policy_keys`, :func:`on_policy_batch`, :func:`on_policy_step` (the ``on_policy``
+  run kind, ``configs/lm/gkd.py``).
 """
 from kdjax.lm._cache import TeacherCache
 from kdjax.lm._chunked import chunked_divergence
@@ -65,7 +68,11 @@ from kdjax.lm._cross_tokenizer import cross_tokenizer_term
 from kdjax.lm._cross_tokenizer import cross_tokenizer_windows
 from kdjax.lm._cross_tokenizer import gather_positions
 from kdjax.lm._metrics import bits_per_byte
-from kdjax.lm._on_policy import OnPolicyConfig, generalized_jsd_term, on_policy_batch, on_policy_keys, on_policy_step  # noqa: E501
+from kdjax.lm._on_policy import OnPolicyConfig
+from kdjax.lm._on_policy import generalized_jsd_term
+from kdjax.lm._on_policy import on_policy_batch
+from kdjax.lm._on_policy import on_policy_keys
+from kdjax.lm._on_policy import on_policy_step
 from kdjax.lm._routing import TEACHER_ID_KEY
 from kdjax.lm._routing import route_teachers
 from kdjax.lm._sampled_targets import sample_teacher_targets
@@ -113,7 +120,11 @@ __all__ = [
     "cross_tokenizer_windows",
     "gather_positions",
     "bits_per_byte",
-    "OnPolicyConfig", "generalized_jsd_term", "on_policy_batch", "on_policy_keys", "on_policy_step",
+    "OnPolicyConfig",
+    "generalized_jsd_term",
+    "on_policy_batch",
+    "on_policy_keys",
+    "on_policy_step",
     "TEACHER_ID_KEY",
     "route_teachers",
     "sample_teacher_targets",

@@ -176,17 +176,21 @@ def _decoder(apply: Any, name: str) -> Model:
 
 
 def _check_decoder(apply: Any, side: str, why: str) -> Model:
-  model = _decoder(apply, side)
   try:
-    decoder_module(model)
+    decoder_module(Model(apply=apply, params={}))
   except TypeError:
     raise ValueError(f"{why} samples from the {side} with the key-value-cache decoder, but the "
                      f"{side} is not a kdjax decoder; build it with kdjax.models.decoder_model "
                      f"or kdjax.models.from_hf") from None
-  return model
+  return _decoder(apply, side)
 
 
 def _rows(batch: Batch, state: step_lib.DistillState, config: OnPolicyConfig):
+  teacher_key = getattr(state, "teacher_input_key", None)
+  if teacher_key not in (None, state.input_key):
+    raise ValueError(f"on-policy distillation scores the student's tokens with the teacher, but "
+                     f"the teacher reads batch[{teacher_key!r}], not batch[{state.input_key!r}]; "
+                     "give teacher and student the same input entry (one tokenizer)")
   tokens, targets = batch.get(state.input_key), batch.get(state.label_key)
   for key, value in ((state.input_key, tokens), (state.label_key, targets)):
     if value is None:

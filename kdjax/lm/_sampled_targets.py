@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.objectives import Needs, Term
+from kdjax.objectives._base import no_params_init, require_batch_keys
 
 WEIGHTINGS = ("renormalized", "unbiased")
 SAMPLED_INDICES_KEY = "teacher_sampled_indices"
@@ -110,17 +111,11 @@ def sampled_kd_term(*, temperature: float = 1.0, indices_key: str = SAMPLED_INDI
   if not 0.0 < float(temperature) < float("inf"):
     raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
 
-  def init(rng, student_out, teacher_out, batch):
-    del rng, student_out, teacher_out, batch
-    return {}, {}
-
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
     del params, teacher_out, step, axis_name
-    for key in (indices_key, weights_key):
-      if key not in batch:
-        raise ValueError(f"the batch has no {key!r} entry (it has {sorted(batch)}); attach the "
-                         "teacher's sampled targets (kdjax.lm.sample_teacher_targets) to the "
-                         "batches")
+    require_batch_keys(batch, (indices_key, weights_key),
+                       "attach the teacher's sampled targets (kdjax.lm.sample_teacher_targets) "
+                       "to the batches")
     mask = batch.get(mask_key) if mask_key is not None else None
     per_token = losses.sampled_cross_entropy(
         student_out.logits, jnp.asarray(batch[indices_key]),
@@ -128,4 +123,5 @@ def sampled_kd_term(*, temperature: float = 1.0, indices_key: str = SAMPLED_INDI
         mask=mask)
     return losses.masked_mean(per_token, mask), state, {}
 
-  return Term(init, apply, Needs(batch=(indices_key, weights_key), teacher_outputs=False))
+  return Term(no_params_init, apply,
+              Needs(batch=(indices_key, weights_key), teacher_outputs=False))

@@ -63,10 +63,8 @@ def uld(student_logits: jax.typing.ArrayLike,
     raise ValueError(f"student logits have shape {s.shape} and teacher logits {t.shape}; they "
                      "must share every axis but the vocabulary ([..., V_s] vs [..., V_t]): gather "
                      "both at aligned positions first (kdjax.lm.gather_positions)")
-  _utils.check_not_empty(s.shape[:-1])
-  _utils.check_temperature(temperature)
-  mask = _utils.check_mask(mask, s.shape[:-1], "the aligned positions (logits.shape[:-1])")
-  s, t = _utils.mask_inputs(mask, s, t)
+  s, t, mask = _utils.checked_positions(s, t, temperature=temperature, mask=mask,
+                                        what="the aligned positions (logits.shape[:-1])")
   temp = jnp.asarray(temperature, s.dtype)
   # Sorting descending = negated ascending sort of the negated values.
   p_s = -jnp.sort(-jax.nn.softmax(s / temp, axis=-1), axis=-1)

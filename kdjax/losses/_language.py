@@ -222,24 +222,13 @@ def sparse_kd(student_logits: jax.typing.ArrayLike,
   if mode not in SPARSE_MODES:
     raise ValueError(f"mode must be one of {SPARSE_MODES}, got {mode!r}")
   s, v = _utils.as_float(student_logits, topk_values, what="logits and top-k values")
-  idx = jnp.asarray(topk_indices)
-  if not jnp.issubdtype(idx.dtype, jnp.integer):
-    raise ValueError(f"topk_indices must be integer vocabulary indices, got dtype {idx.dtype}")
-  if v.shape != idx.shape:
-    raise ValueError(f"topk_values have shape {v.shape} but topk_indices have {idx.shape}; pass "
-                     "both outputs of topk_teacher_logits")
-  if s.ndim < 1 or v.ndim != s.ndim or v.shape[:-1] != s.shape[:-1]:
-    raise ValueError(f"student logits have shape {s.shape} but the teacher's top-k arrays have "
-                     f"{v.shape}; they must share the leading axes, [..., vocab] vs [..., k]")
+  idx = _utils.check_sparse_target(s, v, topk_indices, names=("topk_values", "topk_indices"),
+                                   source="topk_teacher_logits")
   vocab, k = s.shape[-1], v.shape[-1]
   if not 1 <= k <= vocab:
     raise ValueError(f"the teacher gives k={k} entries but the student's vocabulary has {vocab}; "
                      "give both models the same vocabulary")
-  _utils.check_not_empty(s.shape[:-1])
-  _utils.check_temperature(temperature)
-  mask = _utils.check_mask(mask, s.shape[:-1], "the per-token loss (logits.shape[:-1])")
-  idx = idx.astype(jnp.int32)
-  s, v = _utils.mask_inputs(mask, s, v)
+  s, v, mask = _utils.checked_positions(s, v, temperature=temperature, mask=mask)
   temp = jnp.asarray(temperature, s.dtype)
 
   z_s = s / temp

@@ -52,19 +52,9 @@ def sampled_cross_entropy(student_logits: jax.typing.ArrayLike,
   :func:`kdjax.losses.soft_cross_entropy`.
   """
   s, w = _utils.as_float(student_logits, weights, what="logits and target weights")
-  idx = jnp.asarray(indices)
-  if not jnp.issubdtype(idx.dtype, jnp.integer):
-    raise ValueError(f"indices must be integer vocabulary indices, got dtype {idx.dtype}")
-  if w.shape != idx.shape:
-    raise ValueError(f"weights have shape {w.shape} but indices {idx.shape}; pass both outputs "
-                     "of kdjax.lm.sample_teacher_targets")
-  if s.ndim < 1 or w.ndim != s.ndim or w.shape[:-1] != s.shape[:-1]:
-    raise ValueError(f"student logits have shape {s.shape} but the sampled target {w.shape}; "
-                     "they must share the leading axes, [..., vocab] vs [..., k]")
-  _utils.check_not_empty(s.shape[:-1])
-  _utils.check_temperature(temperature)
-  mask = _utils.check_mask(mask, s.shape[:-1], "the per-token loss (logits.shape[:-1])")
-  s, w = _utils.mask_inputs(mask, s, w)
+  idx = _utils.check_sparse_target(s, w, indices, names=("weights", "indices"),
+                                   source="kdjax.lm.sample_teacher_targets")
+  s, w, mask = _utils.checked_positions(s, w, temperature=temperature, mask=mask)
   temp = jnp.asarray(temperature, s.dtype)
-  log_p = jnp.take_along_axis(_utils.log_softmax(s, temp), idx.astype(jnp.int32), axis=-1)
+  log_p = jnp.take_along_axis(_utils.log_softmax(s, temp), idx, axis=-1)
   return _utils.apply_mask(-(temp**2) * jnp.sum(w * log_p, axis=-1), mask)

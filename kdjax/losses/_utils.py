@@ -140,6 +140,44 @@ def check_mask(mask: jax.typing.ArrayLike | None, shape: tuple[int, ...],
                    "with mask[:, 0]) rather than relying on broadcasting")
 
 
+def check_sparse_target(logits: jax.Array, values: jax.Array, indices: jax.typing.ArrayLike, *,
+                        names: tuple[str, str], source: str) -> jax.Array:
+  """A sparse teacher target: ``[..., k]`` values at ``[..., k]`` vocabulary indices.
+
+  The indices must be integers of the values' shape, and both must share ``logits``' leading
+  axes (``[..., vocab]`` vs ``[..., k]``). ``names`` are the values' and the indices' argument
+  names, ``source`` the function whose two outputs they are. Returns the indices as int32.
+  """
+  values_name, indices_name = names
+  idx = jnp.asarray(indices)
+  if not jnp.issubdtype(idx.dtype, jnp.integer):
+    raise ValueError(f"{indices_name} must be integer vocabulary indices, got dtype {idx.dtype}")
+  if values.shape != idx.shape:
+    raise ValueError(f"{values_name} have shape {values.shape} but {indices_name} have "
+                     f"{idx.shape}; pass both outputs of {source}")
+  if logits.ndim < 1 or values.ndim != logits.ndim or values.shape[:-1] != logits.shape[:-1]:
+    raise ValueError(f"student logits have shape {logits.shape} but {values_name} have "
+                     f"{values.shape}; they must share the leading axes, [..., vocab] vs [..., k]")
+  return idx.astype(jnp.int32)
+
+
+def checked_positions(logits: jax.Array, *others: jax.Array, temperature: Any,
+                      mask: jax.typing.ArrayLike | None,
+                      what: str = "the per-token loss (logits.shape[:-1])",
+                      ) -> tuple[jax.Array, ...]:
+  """The checks of a loss over the positions ``logits.shape[:-1]``, then its masked inputs.
+
+  At least one position (:func:`check_not_empty`), a valid ``temperature``
+  (:func:`check_temperature`) and a ``mask`` of those positions (:func:`check_mask`). Returns
+  ``logits`` and ``others`` (``[*positions, ...]`` arrays) with masked positions zeroed
+  (:func:`mask_inputs`), then the bool mask (or ``None``).
+  """
+  check_not_empty(logits.shape[:-1])
+  check_temperature(temperature)
+  mask = check_mask(mask, logits.shape[:-1], what)
+  return (*mask_inputs(mask, logits, *others), mask)
+
+
 def mask_inputs(mask: jax.Array | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
   """Replaces ``[*mask.shape, ...]`` arrays by 0 at masked positions before any math.
 

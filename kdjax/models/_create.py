@@ -40,7 +40,7 @@ _KINDS = ("a Flax Linen module class, a Flax NNX module class, or a function ret
 
 def available_models() -> list[str]:
   """The zoo's model names, sorted."""
-  return sorted(_registry.MODELS)
+  return sorted([*_registry.MODELS, *_registry.FACTORIES])
 
 
 def registered_models() -> list[str]:
@@ -75,7 +75,7 @@ def register(name: str, model: Any = None) -> Any:
   if not isinstance(name, str) or not name or ":" in name:
     raise ValueError(f"a registered model name is a non-empty string without ':' (that form is "
                      f"a 'package.module:Attr' spec), got {name!r}")
-  if name in _registry.MODELS:
+  if name in _registry.MODELS or name in _registry.FACTORIES:
     raise ValueError(f"{name!r} is a zoo model; register yours under another name")
 
   def add(obj: Any) -> Any:
@@ -157,6 +157,8 @@ def resolve_model(name: str, *, key: str = "model") -> tuple[str, Any]:
                      "'package.module:ClassOrFactory'")
   if name in _registry.MODELS:
     return "zoo", _registry.MODELS[name]
+  if name in _registry.FACTORIES:
+    return "factory", _registry.FACTORIES[name]
   if name in _REGISTERED:
     obj = _REGISTERED[name]
   elif ":" in name:

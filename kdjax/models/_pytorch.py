@@ -55,29 +55,26 @@ def _stage_block(path: Sequence[str]) -> tuple[int, int]:
   return int(path[0][len("stage"):]), int(path[1][len("block_"):])
 
 
-def _cifar_resnet(path: tuple[str, ...], shortcut: str, head: str) -> str | None:
-  if path == ("stem", "conv"):
-    return "conv1"
-  if path == ("stem", "bn"):
-    return "bn1"
-  if path == ("head",):
-    return head
-  if len(path) == 3:
-    k, j = _stage_block(path)
-    layer = {"shortcut_conv": f"{shortcut}.0", "shortcut_bn": f"{shortcut}.1"}.get(path[2],
-                                                                                  path[2])
-    return f"layer{k}.{j}.{layer}"
-  return None
+def _naming(names: Mapping[tuple[str, ...], str],
+            block: Callable[[int, int, str], str]) -> Callable[[tuple[str, ...]], str | None]:
+  """Module path -> PyTorch name: ``names`` for the modules outside the stages,
+  ``block(k, j, layer)`` for ``stage{k}/block_{j}/layer``, None for any other path."""
+
+  def torch_name(path: tuple[str, ...]) -> str | None:
+    if path in names:
+      return names[path]
+    if len(path) == 3:
+      k, j = _stage_block(path)
+      return block(k, j, path[2])
+    return None
+
+  return torch_name
 
 
-def _wrn(path: tuple[str, ...]) -> str | None:
-  names = {("stem",): "conv1", ("bn",): "bn1", ("head",): "fc"}
-  if path in names:
-    return names[path]
-  if len(path) == 3:
-    k, j = _stage_block(path)
-    return f"block{k}.layer.{j}.{'convShortcut' if path[2] == 'shortcut_conv' else path[2]}"
-  return None
+def _cifar_resnet(shortcut: str, head: str) -> Callable[[tuple[str, ...]], str | None]:
+  shortcuts = {"shortcut_conv": f"{shortcut}.0", "shortcut_bn": f"{shortcut}.1"}
+  return _naming({("stem", "conv"): "conv1", ("stem", "bn"): "bn1", ("head",): head},
+                 lambda k, j, layer: f"layer{k}.{j}.{shortcuts.get(layer, layer)}")
 
 
 def _vgg(path: tuple[str, ...]) -> str | None:
@@ -90,38 +87,26 @@ def _vgg(path: tuple[str, ...]) -> str | None:
   return None
 
 
-def _mobilenetv2(path: tuple[str, ...]) -> str | None:
-  names = {("stem", "conv"): "conv1.0", ("stem", "bn"): "conv1.1",
-           ("head_conv", "conv"): "conv2.0", ("head_conv", "bn"): "conv2.1",
-           ("head",): "classifier.0"}
-  if path in names:
-    return names[path]
-  if len(path) == 3:
-    k, j = _stage_block(path)
-    layer = {"expand": 0, "bn1": 1, "depthwise": 3, "bn2": 4, "project": 6, "bn3": 7}[path[2]]
-    return f"blocks.{k - 1}.{j}.conv.{layer}"
-  return None
-
-
-def _shufflenet(path: tuple[str, ...]) -> str | None:
-  names = {("stem", "conv"): "conv1", ("stem", "bn"): "bn1", ("head_conv", "conv"): "conv2",
-           ("head_conv", "bn"): "bn2", ("head",): "linear"}
-  if path in names:
-    return names[path]
-  if len(path) == 3:
-    k, j = _stage_block(path)
-    return f"layer{k}.{j}.{path[2]}"
-  return None
-
+# The block layers whose PyTorch names differ from the zoo's (the others keep their names).
+_WRN_LAYERS = {"shortcut_conv": "convShortcut"}
+# MobileNetV2's inverted residual: its layer -> index in the PyTorch block's ``conv`` Sequential.
+_MOBILENETV2_LAYERS = {"expand": 0, "bn1": 1, "depthwise": 3, "bn2": 4, "project": 6, "bn3": 7}
 
 # Family -> (Flax module path -> PyTorch module name).
 FAMILIES: dict[str, Callable[[tuple[str, ...]], str | None]] = {
-    "cifar_resnet": lambda p: _cifar_resnet(p, "downsample", "fc"),  # RepDistiller resnet.py
-    "resnet50": lambda p: _cifar_resnet(p, "shortcut", "linear"),  # resnetv2.py
-    "wrn": _wrn,
+    "cifar_resnet": _cifar_resnet("downsample", "fc"),  # RepDistiller resnet.py
+    "resnet50": _cifar_resnet("shortcut", "linear"),  # resnetv2.py
+    "wrn": _naming({("stem",): "conv1", ("bn",): "bn1", ("head",): "fc"},
+                   lambda k, j, layer: f"block{k}.layer.{j}.{_WRN_LAYERS.get(layer, layer)}"),
     "vgg": _vgg,
-    "mobilenetv2": _mobilenetv2,
-    "shufflenet": _shufflenet,  # ShuffleNetv1.py and ShuffleNetv2.py
+    "mobilenetv2": _naming(
+        {("stem", "conv"): "conv1.0", ("stem", "bn"): "conv1.1", ("head_conv", "conv"): "conv2.0",
+         ("head_conv", "bn"): "conv2.1", ("head",): "classifier.0"},
+        lambda k, j, layer: f"blocks.{k - 1}.{j}.conv.{_MOBILENETV2_LAYERS[layer]}"),
+    "shufflenet": _naming(  # ShuffleNetv1.py and ShuffleNetv2.py
+        {("stem", "conv"): "conv1", ("stem", "bn"): "bn1", ("head_conv", "conv"): "conv2",
+         ("head_conv", "bn"): "bn2", ("head",): "linear"},
+        lambda k, j, layer: f"layer{k}.{j}.{layer}"),
 }
 
 

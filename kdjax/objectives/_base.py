@@ -95,6 +95,13 @@ def select(outputs, key: str | Callable[[Any], jax.Array], *, side: str) -> jax.
   return features[key]
 
 
+def require_batch_keys(batch: Mapping[str, Any], keys: Sequence[str], fix: str) -> None:
+  """Refuses a batch without one of the ``keys`` a term reads; ``fix`` says what attaches them."""
+  for key in keys:
+    if key not in batch:
+      raise ValueError(f"the batch has no {key!r} entry (it has {sorted(batch)}); {fix}")
+
+
 def as_tuple(keys: str | Sequence[str]) -> tuple[str, ...]:
   return (keys,) if isinstance(keys, str) or callable(keys) else tuple(keys)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from kdjax import losses
 from kdjax.losses import _utils as loss_utils
-from kdjax.objectives._base import Needs, Term, no_params_init, select
+from kdjax.objectives._base import Needs, Term, no_params_init, require_batch_keys, select
 
 TOPK_VALUES_KEY = "teacher_topk_values"
 TOPK_INDICES_KEY = "teacher_topk_indices"
@@ -56,11 +56,9 @@ def cached_kd(*, temperature: float = KD_TEMPERATURE, mode: str = "renormalize",
 
   def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
     del params, teacher_out, step, axis_name
-    for key in (values_key, indices_key):
-      if key not in batch:
-        raise ValueError(f"the batch has no {key!r} entry (it has {sorted(batch)}); attach the "
-                         "teacher's cached top-k to the batches (kdjax.teacher_cache."
-                         "CachedTeacher.wrap, or kdjax.lm.TeacherCache.attach)")
+    require_batch_keys(batch, (values_key, indices_key),
+                       "attach the teacher's cached top-k to the batches (kdjax.teacher_cache."
+                       "CachedTeacher.wrap, or kdjax.lm.TeacherCache.attach)")
     s = select(student_out, "logits", side="student")
     values = jax.lax.stop_gradient(jnp.asarray(batch[values_key]))
     mask = batch.get(mask_key) if mask_key is not None else None

@@ -121,10 +121,19 @@ class MeshRunner:
     """One update; returns the new (placed) state and the metrics (replicated arrays)."""
     return self._jit("step", self._step_fn, True)(state, self.put_batch(local_batch))
 
-  def eval(self, state, local_batch, reduce_fn: Callable):
-    """Runs ``reduce_fn(eval_step(state, batch), batch)`` over the global batch, replicated."""
-    fn = lambda s, b: reduce_fn(self._eval_fn(s, b), b)
-    return self._jit(f"eval/{id(reduce_fn)}", fn, False)(state, self.put_batch(local_batch))
+  def eval(self, state, local_batch, reduce_fn: Callable, *, eval_fn: Callable | None = None,
+           gather: bool = False):
+    """Runs ``reduce_fn(eval_fn(state, batch), batch)`` over the global batch, replicated.
+
+    ``eval_fn`` defaults to the runner's (:func:`kdjax.eval_step`); ``reduce_fn`` returns sums,
+    or with ``gather`` per-example arrays of the whole global batch (e.g. detections, for a
+    metric computed on the host); under ``jit`` both are the same program.
+    """
+    del gather  # Under jit the outputs already cover the global batch.
+    eval_fn = eval_fn or self._eval_fn
+    fn = lambda s, b: reduce_fn(eval_fn(s, b), b)
+    return self._jit(f"eval/{id(reduce_fn)}/{id(eval_fn)}", fn, False)(
+        state, self.put_batch(local_batch))
 
   def host_state(self, state):
     """The state as global arrays, ready for checkpointing (already global under jit)."""
@@ -186,12 +195,18 @@ class PmapRunner:
     state, metrics = self._step(state, self.put_batch(local_batch))
     return state, jax.tree.map(_first_copy, metrics)
 
-  def eval(self, state, local_batch, reduce_fn: Callable):
-    key = id(reduce_fn)
+  def eval(self, state, local_batch, reduce_fn: Callable, *, eval_fn: Callable | None = None,
+           gather: bool = False):
+    """As :meth:`MeshRunner.eval`: sums over the devices, or with ``gather`` the devices'
+    per-example outputs concatenated in batch order."""
+    eval_fn = eval_fn or self._eval_fn
+    key = (id(reduce_fn), id(eval_fn), gather)
     if key not in self._evals:
       def fn(s, b):
-        sums = reduce_fn(self._eval_fn(s, b), b)
-        return jax.lax.psum(sums, PMAP_AXIS)
+        out = reduce_fn(eval_fn(s, b), b)
+        if gather:
+          return jax.lax.all_gather(out, PMAP_AXIS, tiled=True)
+        return jax.lax.psum(out, PMAP_AXIS)
       self._evals[key] = jax.pmap(fn, axis_name=PMAP_AXIS)
     return jax.tree.map(_first_copy, self._evals[key](state, self.put_batch(local_batch)))
 

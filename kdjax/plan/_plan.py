@@ -11,7 +11,6 @@ global batch. The change is printed as ``--config.<key>=<value>`` overrides.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import re
@@ -20,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from kdjax.plan import _runs
 from kdjax.plan._analysis import ProgramCost, analyze
 from kdjax.plan._topology import Topology, get_topology
+from kdjax.train import config as config_lib
 
 MAX_TRIES = 8  # candidate configs compiled by the suggestion search, at most
 
@@ -195,14 +195,8 @@ def _plan_resolved(config: Any, data: Any, topology: Topology, *, evaluate: bool
 
 
 def _with(config: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
-  tree = copy.deepcopy(config.to_dict())
-  for path, value in overrides.items():
-    node = tree
-    *parents, last = path.split(".")
-    for part in parents:
-      node = node[part]
-    node[last] = value
-  return tree
+  """``config`` as dotted keys with ``overrides`` (``{'mesh.fsdp': 4}``) set last, for resolve."""
+  return {**config_lib.flatten(config_lib.plain(config)), **overrides}
 
 
 def format_overrides(overrides: Mapping[str, Any]) -> str:

@@ -23,14 +23,7 @@ from kdjax.train import pipeline
 from kdjax.train import rundata
 from kdjax.train.errors import ConfigError
 
-try:  # The run kinds, one module each (kdjax.train.kinds.KINDS: name -> RunKind).
-  from kdjax.train import kinds as _kinds
-  _Context = _kinds.Context
-except ImportError:  # The layout with every kind registered in kdjax.train.runs.
-  _kinds = None
-  from kdjax.train import runs as _runs_v1
-  from kdjax.train import strategy_runs  # noqa: F401  pylint: disable=unused-import
-  _Context = _runs_v1.Context
+from kdjax.train import kinds
 
 # Training-split sizes of TFDS datasets that are not prepared on this machine (the TFDS
 # catalog); they set epoch-based schedules and the size of per-example memory banks (CRD).
@@ -46,6 +39,18 @@ class ShapeData:
   shapes: rundata.Shapes
   text: bool = False
   classes: tuple[int, ...] = ()
+
+  @property
+  def targets(self) -> dict[str, Any]:
+    # Image classification: one integer label per example (what the metadata says of it).
+    return {"label": ((), np.dtype(np.int32))}
+
+  @property
+  def task(self) -> Any:
+    if self.text:
+      return rundata.TextData.task
+    from kdjax.train import tasks  # pylint: disable=g-import-not-at-top
+    return tasks.task_of(self.targets)
 
   def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     # The run layer's own batch layout (the same keys and dtypes the step is traced with).
@@ -119,14 +124,12 @@ def resolve(config: Any, *, num_train: int | None = None) -> tuple[Any, ShapeDat
 
 
 @dataclasses.dataclass
-class _PlanContext(_Context):
+class _PlanContext(kinds.Context):
   """The run layer's context with fresh models for trained ones and the topology's mesh."""
 
   mesh: Any = None
 
-  def data_for(self, classes: Any = ()) -> ShapeData:
-    if isinstance(classes, Mapping):  # Given the declaration itself.
-      classes = classes.get("classes", ())
+  def data_for(self, classes: tuple[int, ...] = ()) -> ShapeData:
     classes = tuple(classes)
     if not classes:
       return self.data
@@ -141,13 +144,8 @@ class _PlanContext(_Context):
     # Every earlier run's model, a checkpoint's included, is a fresh initialisation of its
     # section: the same shapes, nothing read from disk.
     decl = self.decls[run]
-    if _kinds is not None:
-      return self.model(decl.section(), seed=decl.seed, taps=taps,
-                        num_classes=decl.num_classes(self.decls),
-                        data=self.data_for(decl.classes))
-    if decl["kind"] == "load":
-      return self.model("teacher", taps=taps)
-    return super().trained(run, taps=taps)
+    return self.model(decl.section(), seed=decl.seed, taps=taps,
+                      num_classes=decl.num_classes(self.decls), data=self.data_for(decl.classes))
 
   def runner(self, **kwargs) -> parallel.MeshRunner:
     c = self.config
@@ -159,27 +157,10 @@ class _PlanContext(_Context):
                                shard_student=c.shard_student, **kwargs)
 
 
-def _field(decl: Any, name: str, default: Any = None) -> Any:
-  return decl.get(name, default) if isinstance(decl, Mapping) else getattr(decl, name, default)
-
-
 def declarations(config: Any) -> list[tuple[str, str, tuple[str, ...]]]:
   """``(name, kind, teachers)`` of every run ``config`` declares, checked by the run layer."""
-  decls = (_kinds or _runs_v1).declarations(config)
-  return [(_field(d, "name"), _field(d, "kind"), tuple(_field(d, "teachers", ()) or ()))
-          for d in decls]
-
-
-def _context_and_plans(config: Any, data: ShapeData, devices: Sequence[Any]):
-  decls = (_kinds or _runs_v1).declarations(config)
-  by_name = {_field(d, "name"): d for d in decls}
-  if _kinds is not None:
-    ctx = _PlanContext(config=config, data=data, workdir="", decls=by_name, abstract=True,
-                       mesh=list(devices))
-    return [(d, lambda d=d: _kinds.KINDS[d.kind].plan(ctx, d)) for d in decls]
-  ctx = _PlanContext(config=config, data=data, checkpoint_dir=lambda run: f"<plan>/{run}",
-                     decls=by_name, abstract=True, mesh=list(devices))
-  return [(d, lambda d=d: _runs_v1.KINDS[d["kind"]][0](ctx, d)) for d in decls]
+  return [(d.name, d.kind, tuple(getattr(d, "teachers", ()) or ()))
+          for d in kinds.declarations(config)]
 
 
 @dataclasses.dataclass
@@ -216,11 +197,14 @@ def programs(config: Any, data: ShapeData, devices: Sequence[Any],
   """Every run ``config`` declares (or those named in ``only``), ready to lower and compile."""
   pipeline._check_devices(config, len(devices))  # pylint: disable=protected-access
   out = []
-  for decl, make_plan in _context_and_plans(config, data, devices):
-    name, kind = _field(decl, "name"), _field(decl, "kind")
+  decls = kinds.declarations(config)
+  ctx = _PlanContext(config=config, data=data, workdir="", decls={d.name: d for d in decls},
+                     abstract=True, mesh=list(devices))
+  for decl in decls:
+    name, kind = decl.name, decl.kind
     if only and name not in only:
       continue
-    plan = make_plan()
+    plan = kinds.KINDS[kind].plan(ctx, decl)
     if plan.init_state is None:  # A run that trains nothing (an export of earlier runs).
       continue
     try:

@@ -13,7 +13,8 @@ be computed once, in large jitted batches over the local devices, and stored:
    process_index`` and writes each one atomically, so a build killed halfway continues where it
    stopped, with any process count. The cache is identified by a fingerprint of the teacher's
    parameters and the settings that fix the views and values (:func:`teacher_fingerprint`); a
-   cache with another fingerprint is rebuilt (or refused), never used.
+   cache with another fingerprint is rebuilt (or refused), never used; so is one whose arrays
+   no longer match the per-part checksums stored with them (checked on every open).
 2. :meth:`CachedTeacher.wrap` wraps the training iterator: each batch gets the cached
    ``'teacher_topk_values'`` / ``'teacher_topk_indices'`` of its rows, looked up by
    ``('replay_epoch', 'index')``.
@@ -43,6 +44,7 @@ from kdjax.teacher_cache._store import ON_STALE
 from kdjax.teacher_cache._store import REPLAY_KEY
 from kdjax.teacher_cache._store import VALUE_DTYPES
 from kdjax.teacher_cache._store import CachedTeacher
+from kdjax.teacher_cache._store import TeacherCacheCorrupt
 from kdjax.teacher_cache._store import TeacherCacheError
 from kdjax.teacher_cache._store import index_dtype
 from kdjax.teacher_cache._store import load_teacher_cache
@@ -54,6 +56,7 @@ __all__ = (
     "INDEX_KEY",
     "ON_STALE",
     "REPLAY_KEY",
+    "TeacherCacheCorrupt",
     "TeacherCacheError",
     "VALUE_DTYPES",
     "build_teacher_cache",

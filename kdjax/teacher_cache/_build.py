@@ -15,7 +15,8 @@ from kdjax import losses
 from kdjax.data import ReplayViews
 from kdjax.models import Model
 from kdjax.teacher_cache._store import (_BUILDING, _INDICES, _META, _UNITS, _VALUES, ON_STALE,
-                                        VALUE_DTYPES, CachedTeacher, TeacherCacheError,
+                                        VALUE_DTYPES, CachedTeacher, TeacherCacheCorrupt,
+                                        TeacherCacheError, part_checksum,
                                         _FORMAT_VERSION, _read_json, _save_npy, _wipe,
                                         _write_json, index_dtype, load_teacher_cache,
                                         teacher_fingerprint)
@@ -76,7 +77,8 @@ def build_teacher_cache(directory: str | os.PathLike,
                         process_index: int | None = None,
                         process_count: int | None = None,
                         on_stale: str = "rebuild",
-                        on_chunk: Callable[[int, int], None] | None = None) -> CachedTeacher:
+                        on_chunk: Callable[[int, int], None] | None = None,
+                        input_key: str = "image") -> CachedTeacher:
   """Builds, resumes or reuses the teacher cache in ``directory`` and returns it, checked.
 
   The teacher runs in inference mode on every view ``views(i, r)``, ``i < N``, ``r < E``, in
@@ -112,6 +114,8 @@ def build_teacher_cache(directory: str | os.PathLike,
     on_stale: ``'rebuild'`` or ``'error'``.
     on_chunk: called as ``on_chunk(units_done_here, units_of_this_process)`` after each unit this
       process writes (progress reporting).
+    input_key: the entry of the views the teacher reads (``'image'``, or e.g.
+      :data:`kdjax.data.DEGRADED_KEY`); another entry enters the fingerprint.
 
   Returns:
     The :class:`CachedTeacher`.
@@ -128,7 +132,10 @@ def build_teacher_cache(directory: str | os.PathLike,
   if not isinstance(views, ReplayViews):
     raise TeacherCacheError("views must be a kdjax.data.ReplayViews; make it with "
                             "kdjax.data.make_replay_views(...) with the training settings")
-  example = views(np.zeros((1,), np.int64), np.zeros((1,), np.int64))["image"]
+  example = views(np.zeros((1,), np.int64), np.zeros((1,), np.int64)).get(input_key)
+  if example is None:
+    raise TeacherCacheError(f"the views have no {input_key!r} entry for the teacher; set "
+                            "input_key to one of the entries the training batches hold")
   out_shape = jax.eval_shape(
       lambda p, s, x: teacher.apply(p, s, x, train=False, rng=None)[0].logits,
       teacher.params, teacher.model_state, example)
@@ -145,18 +152,26 @@ def build_teacher_cache(directory: str | os.PathLike,
       "k": k, "full": full, "mode": mode, "temperature": float(temperature),
       "values_dtype": values_dtype, "indices_dtype": index_dtype(num_classes),
   }
+  if input_key != "image":  # Absent for the default: earlier caches keep their fingerprint.
+    settings["input_key"] = input_key
   fingerprint = teacher_fingerprint(teacher.params, teacher.model_state, settings)
 
   meta = _read_json(os.path.join(directory, _META))
   if meta is not None:
     if meta.get("fingerprint") == fingerprint and meta.get("complete"):
-      return load_teacher_cache(directory, fingerprint=fingerprint)
+      try:
+        return load_teacher_cache(directory, fingerprint=fingerprint)
+      except TeacherCacheCorrupt as corrupt:  # Never used: rebuilt (below) or refused.
+        if on_stale == "error":
+          raise
+        if process_index == 0:
+          logging.warning("%s; rebuilding it", corrupt)
     stale = meta.get("fingerprint") != fingerprint
     if stale and on_stale == "error":
       raise TeacherCacheError(
           f"the teacher cache in {directory} was built for another teacher or other settings; "
           "remove it, use another directory, or pass on_stale='rebuild'")
-    if process_index == 0:
+    if stale and process_index == 0:
       logging.warning("teacher cache in %s is stale (built for another teacher or other "
                       "settings); rebuilding it", directory)
 
@@ -193,7 +208,7 @@ def build_teacher_cache(directory: str | os.PathLike,
     r, c = divmod(u, n_chunks)
     lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
     values, indices = _run_unit(topk, params, model_state, views, r, lo, hi, batch_size,
-                                NamedSharding(mesh, P("data")))
+                                NamedSharding(mesh, P("data")), input_key)
     cast = values.astype(value_dtype)
     if not np.isfinite(cast.astype(np.float32)).all():
       raise TeacherCacheError(
@@ -214,7 +229,8 @@ def build_teacher_cache(directory: str | os.PathLike,
   return load_teacher_cache(directory, fingerprint=fingerprint)
 
 
-def _run_unit(topk, params, model_state, views, replay, lo, hi, batch_size, rows_sharding):
+def _run_unit(topk, params, model_state, views, replay, lo, hi, batch_size, rows_sharding,
+              input_key):
   """The teacher's outputs on views ``[lo, hi)`` of replay epoch ``replay``."""
   values, indices, pending = [], [], None
 
@@ -228,7 +244,7 @@ def _run_unit(topk, params, model_state, views, replay, lo, hi, batch_size, rows
   for start in range(lo, hi, batch_size):
     idx = np.arange(start, min(hi, start + batch_size))
     real = len(idx)
-    images = views(idx, np.full((real,), replay))["image"]
+    images = views(idx, np.full((real,), replay))[input_key]
     if real < batch_size:  # One compiled shape: pad with copies of the last view.
       images = np.concatenate([images, np.repeat(images[-1:], batch_size - real, axis=0)])
     out = topk(params, model_state, jax.device_put(images, rows_sharding))
@@ -253,6 +269,7 @@ def _assemble(directory, settings, fingerprint, e, n, k, n_chunks, chunk_size, f
   targets = [(_VALUES, "values", disk_dtype)]
   if not full:
     targets.append((_INDICES, "indices", np.dtype(settings["indices_dtype"])))
+  checksums = {"algorithm": "crc32", "chunk_size": chunk_size}  # Verified on every open.
   for filename, kind, dtype in targets:
     tmp = os.path.join(directory, f"{filename}.tmp{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
@@ -260,10 +277,11 @@ def _assemble(directory, settings, fingerprint, e, n, k, n_chunks, chunk_size, f
       r, c = divmod(u, n_chunks)
       lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
       out[r, lo:hi] = np.load(os.path.join(units_dir, f"{u:07d}.{kind}.npy"))
+      checksums.setdefault(kind, []).append(part_checksum(out[r, lo:hi]))
     out.flush()
     del out
     os.replace(tmp, os.path.join(directory, filename))
   _write_json(os.path.join(directory, _META),
-              {**settings, "fingerprint": fingerprint, "complete": True})
+              {**settings, "fingerprint": fingerprint, "complete": True, "checksums": checksums})
   shutil.rmtree(units_dir, ignore_errors=True)
   os.remove(os.path.join(directory, _BUILDING))

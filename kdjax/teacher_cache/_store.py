@@ -1,8 +1,16 @@
 """The teacher cache on disk: its format, its identity (fingerprint) and a checked, opened cache.
 
-A cache directory holds ``meta.json`` (settings, fingerprint, ``complete``), ``values.npy`` and
-(top-k caches) ``indices.npy``, arrays of shape ``[replay_epochs, num_examples, k]``; while a
-build runs, ``building.json`` and ``units/`` hold its finished units.
+A cache directory holds ``meta.json`` (settings, fingerprint, ``complete``, ``checksums``),
+``values.npy`` and (top-k caches) ``indices.npy``, arrays of shape
+``[replay_epochs, num_examples, k]``; while a build runs, ``building.json`` and ``units/`` hold
+its finished units.
+
+Checksums: a CRC-32 of every part of the arrays (one replay epoch's rows of one unit of
+``chunk_size`` examples) is stored in ``meta.json`` when the cache is assembled, and every part
+is checked when the cache is opened (:func:`load_teacher_cache`), so a file overwritten or
+damaged on disk is never used: opening it raises :class:`TeacherCacheCorrupt` naming the part,
+and :func:`~kdjax.teacher_cache.build_teacher_cache` rebuilds it. The check reads the arrays once
+(``benchmarks/teacher_cache_verify.py`` measures it).
 """
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from typing import Any, Mapping
 
 import jax
@@ -22,7 +31,7 @@ from kdjax.teacher_cache._iterator import CachedIterator
 REPLAY_KEY = "replay_epoch"
 INDEX_KEY = "index"
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: per-part checksums in meta.json.
 _META = "meta.json"
 _BUILDING = "building.json"
 _UNITS = "units"
@@ -41,6 +50,10 @@ def index_dtype(num_classes: int) -> str:
 
 class TeacherCacheError(ValueError):
   """A teacher cache that cannot be used: stale, incomplete, corrupt or mismatched."""
+
+
+class TeacherCacheCorrupt(TeacherCacheError):
+  """A complete cache whose arrays do not match their checksums (modified or damaged on disk)."""
 
 
 # Identity ----------------------------------------------------------------------------------------
@@ -215,6 +228,43 @@ def _from_disk(array: np.ndarray, dtype: str) -> np.ndarray:
   return array.view(ml_dtypes.bfloat16) if dtype == "bfloat16" else array
 
 
+def part_checksum(part: np.ndarray) -> str:
+  """The CRC-32 of an array part's bytes as stored on disk (hex)."""
+  raw = np.ascontiguousarray(part)
+  return f"{zlib.crc32(raw.reshape(-1).view(np.uint8)):08x}"
+
+
+def _parts(meta: Mapping[str, Any]):
+  """``(replay_epoch, lo, hi)`` of every checksummed part, in the order of ``checksums``."""
+  n, chunk = int(meta["num_examples"]), int(meta["checksums"]["chunk_size"])
+  for r in range(int(meta["replay_epochs"])):
+    for lo in range(0, n, chunk):
+      yield r, lo, min(n, lo + chunk)
+
+
+def _verify(directory: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+  """Raises :class:`TeacherCacheCorrupt` unless every part matches its stored checksum."""
+  sums = meta.get("checksums")
+  if not isinstance(sums, Mapping):
+    raise TeacherCacheCorrupt(f"the teacher cache in {directory} has no checksums; remove it and "
+                              "build it again")
+  parts = list(_parts(meta))
+  for kind, array in arrays.items():
+    expected = sums.get(kind) or []
+    if len(expected) != len(parts):
+      raise TeacherCacheCorrupt(f"the teacher cache in {directory} has {len(expected)} {kind} "
+                                f"checksums for {len(parts)} parts; remove it and build it again")
+    bad = [(r, lo, hi) for (r, lo, hi), want in zip(parts, expected)
+           if part_checksum(array[r, lo:hi]) != want]
+    if bad:
+      r, lo, hi = bad[0]
+      raise TeacherCacheCorrupt(
+          f"the teacher cache in {directory} is corrupt: {kind}.npy, replay epoch {r}, examples "
+          f"{lo}..{hi - 1} (and {len(bad) - 1} more of {len(parts)} parts) do not match their "
+          "checksums, so the file was modified or damaged after it was built; remove the cache "
+          "and build it again (a run rebuilds it by itself)")
+
+
 def _wipe(directory: str) -> None:
   """Removes what a teacher cache writes in ``directory`` (nothing else)."""
   for name in (_META, _BUILDING, _VALUES, _INDICES):
@@ -229,9 +279,11 @@ def load_teacher_cache(directory: str | os.PathLike, *,
   """Opens a complete cache written by :func:`build_teacher_cache` and checks it.
 
   Checks the format, that it is complete, the arrays' shapes (``[E, N, k]``) and dtypes against
-  its metadata, and (given ``fingerprint``) that it belongs to that teacher and settings.
+  its metadata, (given ``fingerprint``) that it belongs to that teacher and settings, and every
+  part of the arrays against its checksum.
 
   Raises:
+    TeacherCacheCorrupt: a part does not match its checksum (the file changed on disk).
     TeacherCacheError: naming what is wrong and the fix.
   """
   directory = os.fspath(directory)
@@ -267,4 +319,8 @@ def load_teacher_cache(directory: str | os.PathLike, *,
   if problems:
     raise TeacherCacheError(f"the teacher cache in {directory} does not match its metadata "
                             f"({'; '.join(problems)}); remove it and build it again")
+  on_disk = {"values": _to_disk(values)}
+  if indices is not None:
+    on_disk["indices"] = indices
+  _verify(directory, meta, on_disk)
   return CachedTeacher(directory, values, indices, meta)

@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C.
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "config_keys", "config_path",
            "config_type_error", "describe", "describe_config_file_error", "describe_flags_error",
            "describe_subcommand_import", "describe_unexpected", "disk_full_path", "exit_status",
-           "extra_for", "first_line", "missing_package", "nearest_keys",
+           "extra_for", "first_line", "missing_package", "nearest_keys", "QUIET_LOGGERS",
            "quiet_background_tracebacks"]
 
 
@@ -404,7 +404,17 @@ class _OneLine(std_logging.Filter):
     return True
 
 
+# Libraries whose warnings a run cannot act on (onnx_ir warns once per intermediate value whose
+# type it cannot serialize while jax2onnx writes a model); shown with --verbose.
+QUIET_LOGGERS = ("onnx_ir",)
+
+
 def quiet_background_tracebacks():
+  """Without --verbose: one-line library log records, no traceback from background threads
+  (the final ``kdjax: error`` line says what happened) and only errors from
+  :data:`QUIET_LOGGERS`."""
+  for name in QUIET_LOGGERS:
+    std_logging.getLogger(name).setLevel(std_logging.ERROR)
   one_line = _OneLine()
   for logger in (std_logging.getLogger(), std_logging.getLogger("absl")):
     logger.addFilter(one_line)
@@ -424,3 +434,27 @@ def quiet_background_tracebacks():
           flush=True)
 
   threading.excepthook = hook
+  sys.excepthook = _quiet_callbacks(sys.excepthook)
+  sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def _after_failed_save(exc: BaseException | None) -> bool:
+  """Whether ``exc`` is a callback's echo of a save that already failed: tensorstore and
+  Orbax calling into an asyncio loop that the failed save closed, after a full disk."""
+  return exc is not None and (
+      _OneLine.disk_full or (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)))
+
+
+def _quiet_callbacks(previous):
+  # Native callbacks (tensorstore's futures) print their exceptions through sys.excepthook.
+  def excepthook(exc_type, exc, tb):
+    if not _after_failed_save(exc):
+      previous(exc_type, exc, tb)
+  return excepthook
+
+
+def _quiet_unraisable(previous):
+  def unraisablehook(unraisable):
+    if not _after_failed_save(unraisable.exc_value):
+      previous(unraisable)
+  return unraisablehook

@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import metrics
+from kdjax.models import zoo
+
 ECE_BINS = 15
 
 
@@ -142,3 +145,80 @@ def evaluate(runner: Any, state: Any, batches: Any, reduce_fn: Callable,
   if total is None:
     raise ValueError("the evaluation split produced no batches")
   return finalize_fn(total)
+
+
+def make_segmentation_reduce_fn(num_classes: int, *,
+                                label_key: str = "label") -> Callable[[Mapping, Mapping], dict]:
+  """``reduce_fn`` for per-pixel predictions ``[B, H, W]`` against class maps ``[B, H, W]``:
+  ``count`` (real images), ``pixels`` (their pixels), the pixel ``confusion`` matrix
+  (:func:`kdjax.metrics.confusion_matrix`) and, with a teacher, pixel ``agreement``."""
+
+  def reduce_fn(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+    pred = out["prediction"]
+    mask = out.get("mask")
+    mask = jnp.ones(pred.shape[:1], jnp.int32) if mask is None else mask.astype(jnp.int32)
+    per_pixel = mask.reshape(mask.shape + (1,) * (pred.ndim - 1)) * jnp.ones(pred.shape,
+                                                                              jnp.int32)
+    sums = {"count": jnp.sum(mask), "pixels": jnp.sum(per_pixel),
+            "confusion": metrics.confusion_matrix(pred, batch[label_key], num_classes,
+                                                  mask=mask, ignore_label=None)}
+    if "agreement" in out:
+      sums["agreement"] = jnp.sum(out["agreement"].astype(jnp.int32) * per_pixel)
+    return sums
+
+  return reduce_fn
+
+
+def finalize_segmentation(total: Mapping[str, Any]) -> dict[str, float]:
+  """``miou`` (:func:`kdjax.metrics.mean_iou`), ``accuracy`` (of the pixels), ``agreement``
+  (pixels where student and teacher agree, with a teacher) and ``count`` (images)."""
+  confusion = np.asarray(total["confusion"])
+  pixels = max(int(total["pixels"]), 1)
+  out = {"miou": metrics.mean_iou(confusion)[0],
+         "accuracy": float(np.trace(confusion)) / pixels}
+  if "agreement" in total:
+    out["agreement"] = float(total["agreement"]) / pixels
+  out["count"] = int(total["count"])
+  return out
+
+
+def detection_eval_step(state: Any, batch: Mapping[str, jax.Array], *,
+                        box_tap: str = "box_logits", max_detections: int = 20) -> dict:
+  """A point detector's detections on a batch, in inference mode: ``boxes`` ``[B, D, 4]``,
+  ``scores`` ``[B, D]``, ``classes`` ``[B, D]`` (:func:`kdjax.models.zoo.decode_detections`)
+  and ``mask``. The student must tap ``box_tap`` (its objective's ``point_detection`` does)."""
+  out, _ = state.student_apply(state.params["student"], state.student_state,
+                               batch[state.input_key], train=False, rng=None)
+  if box_tap not in out.features:
+    raise ValueError(f"the detector's outputs have no {box_tap!r} tap (they have "
+                     f"{sorted(out.features)}); train it with a point_detection term, which taps "
+                     "it")
+  boxes, scores, classes = zoo.decode_detections(out.logits, out.features[box_tap],
+                                                 max_detections=max_detections)
+  result = {"boxes": boxes, "scores": scores, "classes": classes}
+  if "mask" in batch:
+    result["mask"] = batch["mask"]
+  return result
+
+
+def gather_detections(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+  """``reduce_fn`` (with ``gather``) keeping the detections and the ground truth per image."""
+  mask = out.get("mask")
+  mask = jnp.ones(out["scores"].shape[:1], bool) if mask is None else mask.astype(bool)
+  return {"boxes": out["boxes"], "scores": out["scores"], "classes": out["classes"],
+          "gt_boxes": batch["boxes"], "gt_classes": batch["box_classes"], "mask": mask}
+
+
+def evaluate_detection(runner: Any, state: Any, batches: Any) -> dict[str, float]:
+  """COCO ``map`` and ``map50`` (pycocotools, :func:`kdjax.metrics.coco_map`) of the student's
+  detections over every real image of ``batches``, and ``count``."""
+  parts = [jax.device_get(runner.eval(state, batch, gather_detections,
+                                      eval_fn=detection_eval_step, gather=True))
+           for batch in batches]
+  if not parts:
+    raise ValueError("the evaluation split produced no batches")
+  cat = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+  keep = cat["mask"]
+  scores = metrics.coco_map(cat["gt_boxes"][keep], cat["gt_classes"][keep], cat["boxes"][keep],
+                            cat["scores"][keep], cat["classes"][keep])
+  return {"map50": float(scores["map50"]), "map": float(scores["map"]), "count": int(keep.sum())}

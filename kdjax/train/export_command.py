@@ -51,7 +51,8 @@ def _read_workdir(workdir: str) -> dict[str, Any]:
   try:
     saved = contract.read_config(workdir)
   except contract.UnreadableFile as e:
-    raise WorkdirError(f"{e}; --workdir must be a workdir written by python -m kdjax.main") from None
+    raise WorkdirError(f"{e}; --workdir must be a workdir written by python -m kdjax.main"
+                       ) from None
   if not saved:
     raise WorkdirError(f"--workdir={workdir} has no {contract.CONFIG_FILE}, so the models of its "
                        "runs cannot be rebuilt; pass the --workdir of a training command "

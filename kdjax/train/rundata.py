@@ -8,6 +8,7 @@ iterators (``get_state`` / ``set_state``) whose order depends on the seed alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from kdjax import data
 from kdjax.train import evaluation
+from kdjax.train import tasks
 
 TEXT_PREFIX = "text:"
 # Modules present (as single files) in every Python 3.9-3.13 standard library: the bundled text.
@@ -63,8 +65,10 @@ class ImageData:
   def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     b = batch_size
     batch = {"image": jax.ShapeDtypeStruct((b, *self.shapes.input_shape), jnp.float32),
-             "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+             **tasks.example_targets(self.targets, b),
              "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    if data.DegradeOptions(**self.config.data.degrade.to_dict()).active:
+      batch[data.DEGRADED_KEY] = batch["image"]
     augment = self.config.data.augment
     if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
       batch["label_mix"] = jax.ShapeDtypeStruct((b,), jnp.int32)
@@ -73,7 +77,8 @@ class ImageData:
 
   def _kwargs(self) -> dict[str, Any]:
     d = self.config.data
-    return dict(**_process_kwargs(), data_dir=d.data_dir or None, standardize=d.standardize)
+    return dict(**_process_kwargs(), data_dir=d.data_dir or None, standardize=d.standardize,
+                degrade=d.degrade)
 
   def train_iterator(self, *, seed: int, batch_size: int,
                      replay_epochs: int | None = None) -> Any:
@@ -88,16 +93,26 @@ class ImageData:
     d = self.config.data
     return data.make_replay_views(self._dataset, seed=seed, replay_epochs=replay_epochs,
                                   augment=d.augment, data_dir=d.data_dir or None,
-                                  split=d.train_split, standardize=d.standardize)
+                                  split=d.train_split, standardize=d.standardize,
+                                  degrade=d.degrade)
 
   def eval_batches(self, split: str | None = None) -> Any:
     d = self.config.data
     return data.make_eval_batches(self._dataset, batch_size=d.eval_batch_size,
                                   split=split or d.eval_split, **self._kwargs())
 
+  @functools.cached_property
+  def targets(self) -> dict[str, Any]:
+    """The targets the examples carry (:func:`kdjax.data.target_specs`), read once."""
+    return tasks.dataset_targets(self._dataset, self.config.data.train_split,
+                                 data_dir=self.config.data.data_dir or None)
+
+  @property
+  def task(self) -> tasks.Task:
+    return tasks.task_of(self.targets)
+
   def evaluate(self, runner: Any, state: Any, *, num_classes: int) -> dict[str, float]:
-    return evaluation.evaluate(runner, state, self.eval_batches(),
-                               evaluation.make_reduce_fn(num_classes))
+    return self.task.evaluate(runner, state, self.eval_batches(), num_classes)
 
   def fingerprint(self, samples: int = 64) -> str:
     """A SHA-256 of the dataset's description and of ``samples`` evenly spaced examples of the
@@ -115,7 +130,9 @@ class ImageData:
       for i in sorted(set(np.linspace(0, n - 1, min(n, samples)).astype(int).tolist())):
         example = source[i]
         digest.update(np.ascontiguousarray(example["image"]).tobytes())
-        digest.update(str(int(example["label"])).encode())
+        for key in self.targets:  # A class label, a class map, boxes.
+          target = np.asarray(example[key])
+          digest.update(str(int(target)).encode() if target.ndim == 0 else target.tobytes())
     return digest.hexdigest()
 
 
@@ -203,6 +220,8 @@ class TextData:
   with ``config.data.tokenizer``, the ids of a Hugging Face ``tokenizer.json`` (the vocabulary
   is then the tokenizer's, which a model read from a Hugging Face directory must predict).
   """
+
+  task = tasks.TASKS["classification"]  # Next-token classification: cross-entropy on targets.
 
   def __init__(self, config: Any):
     self.config = config

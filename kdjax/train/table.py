@@ -5,39 +5,60 @@ from typing import Any, Mapping
 
 from kdjax import workdir as contract
 
-__all__ = ["results_table", "summary_lines"]
+__all__ = ["WIDTH", "results_table", "summary_lines"]
 
 
-def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+WIDTH = 100  # Columns of a terminal the table fits in; wider tables are split.
+# Columns of compression and export runs: a second table when everything does not fit in one.
+_DEPLOY = ("ptq_accuracy", "sparsity", "max_abs_diff", "nonzero", "size_bytes")
+
+
+def results_table(results: Mapping[str, Mapping[str, Any]], width: int = WIDTH) -> str:
   """A plain-text table of the runs: their metrics, parameter counts and times.
 
   Columns appear when at least one row has them (``perplexity`` for language models,
   ``old_accuracy`` / ``new_accuracy`` for continual learning); members (of a mutual run, of an
-  export) add one row each.
+  export) add one row each. A table wider than ``width`` characters is split: the evaluation
+  metrics, parameters and time first, then the compression and export columns (sparsity,
+  post-training quantization accuracy, artifact differences and sizes) of the rows that have
+  them, each part repeating the run column.
   """
   rows_in = [(name if name in results else f"  {name}", entry)
              for name, entry in contract.result_rows(results)]
   metrics = [m for m in contract.METRICS if any(m in e for _, e in rows_in)]
   sizes = [k for k in ("nonzero", "size_bytes") if any(k in e for _, e in rows_in)]
-  columns = ("run", "model", *metrics, "params", *sizes, "time_s")
-  rows = []
-  for run, entry in rows_in:
-    row = [run, str(entry.get("model", ""))]
-    for key in metrics:
-      value = entry.get(key)
-      row.append("-" if value is None else f"{value:.2e}" if "diff" in key else f"{value:.4f}")
-    for key in ("params", *sizes):
-      row.append(f"{entry[key]:,}" if key in entry else "-")
-    row.append(f"{entry['time_s']:.1f}" if "time_s" in entry else "-")
-    rows.append(row)
-  widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
-            for i, c in enumerate(columns)]
-  line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths)))
-  out = [line(columns), line(["-" * w for w in widths])]
-  out += [line(r) for r in rows]
+  columns = {"run": [r for r, _ in rows_in],
+             "model": [str(e.get("model", "")) for _, e in rows_in]}
+  for key in metrics:
+    columns[key] = ["-" if e.get(key) is None else
+                    f"{e[key]:.2e}" if "diff" in key else f"{e[key]:.4f}" for _, e in rows_in]
+  for key in ("params", *sizes):
+    columns[key] = [f"{e[key]:,}" if key in e else "-" for _, e in rows_in]
+  columns["time_s"] = [f"{e['time_s']:.1f}" if "time_s" in e else "-" for _, e in rows_in]
+  parts = [list(columns)]
+  if _width(columns, parts[0]) > width:
+    parts = [[c for c in columns if c not in _DEPLOY], ["run", *(c for c in columns
+                                                                 if c in _DEPLOY)]]
+  out = []
+  for i, names in enumerate(p for p in parts if len(p) > 1):
+    shown = [r for r in range(len(rows_in))
+             if i == 0 or any(columns[c][r] != "-" for c in names[1:])]
+    out += [""] * bool(out) + _render(columns, names, shown)
   out += summary_lines(results)
   return "\n".join(out)
+
+
+def _width(columns: Mapping[str, list[str]], names: list[str]) -> int:
+  return sum(max(len(n), *map(len, columns[n])) if columns[n] else len(n)
+             for n in names) + 2 * (len(names) - 1)
+
+
+def _render(columns: Mapping[str, list[str]], names: list[str], rows: list[int]) -> list[str]:
+  widths = [max(len(n), *(len(columns[n][r]) for r in rows)) if rows else len(n) for n in names]
+  line = lambda cells: "  ".join(c.ljust(w) if n in ("run", "model") else c.rjust(w)
+                                 for n, c, w in zip(names, cells, widths)).rstrip()
+  return ([line(names), line(["-" * w for w in widths])] +
+          [line([columns[n][r] for n in names]) for r in rows])
 
 
 def summary_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -8,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-import kdjax
 from kdjax import compress, models, objectives
 from tests import helpers
 
@@ -53,14 +52,8 @@ def test_qat_student_distills_with_every_step_unchanged():
   student = compress.qat(float_student, example_input=x)
   objective = objectives.combine({"ce": (objectives.cross_entropy(), 0.5),
                                   "kd": (objectives.kd(temperature=2.0), 0.5)})
-  state = kdjax.DistillState.create(student=student, teacher=teacher, objective=objective,
-                                    tx=optax.adam(1e-2), rng=jax.random.key(4),
-                                    example_batch=batch)
-  step = jax.jit(kdjax.distill_step)
-  losses = []
-  for _ in range(8):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+  state, losses = helpers.distill(student, teacher, objective, batch, tx=optax.adam(1e-2),
+                                  steps=8, seed=4)
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
   assert jax.tree.structure(state.params["student"]) == jax.tree.structure(float_student.params)
   # The trained weights, run fake-quantized vs in float: different, but close.

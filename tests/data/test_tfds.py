@@ -1,7 +1,5 @@
 """TFDS datasets through tfds.data_source, on TFDS's mock data (no files, no network)."""
 import json
-import signal
-import socket
 import tempfile
 
 import numpy as np
@@ -9,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from kdjax import data
+from tests import helpers
 from tests.data.test_eval import check_covers_split_once
 from tests.data.test_train import assert_batches_equal, global_batches, take
 
@@ -21,24 +20,8 @@ def fixture_no_network(monkeypatch, tmp_path):
   # Building an unprepared TFDS builder leaves an empty temporary folder behind: keep those
   # in pytest's own temporary folder.
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-  attempts = []
-
-  def refuse(sock, address, *args, **kwargs):
-    attempts.append(address)
-    raise OSError(f"kdjax test: network access to {address} attempted")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-  monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: refuse(None, host))
-
-  def timeout(*_):
-    raise TimeoutError("a data call hung")
-
-  previous = signal.signal(signal.SIGALRM, timeout)
-  signal.alarm(60)
-  yield attempts
-  signal.alarm(0)
-  signal.signal(signal.SIGALRM, previous)
+  with helpers.no_network(monkeypatch) as attempts:
+    yield attempts
 
 
 @pytest.fixture(name="mock_tfds")

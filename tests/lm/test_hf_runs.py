@@ -67,23 +67,26 @@ def test_chunked_term_equals_the_formula_and_the_plain_term(arrays, kind):
   chunked = lm.chunked_kd_term(beta=beta, temperature=temperature, chunk_size=3)
   plain = objectives.term_kinds()[kind].ctor(temperature=temperature)
 
-  def loss(term, hs, ws):
-    value, _, _ = term.apply({}, {}, _outputs(hs, ws), _outputs(ht, wt), batch, 0)
-    return value
+  @jax.jit
+  def chunked_loss(hs, ws):
+    return chunked.apply({}, {}, _outputs(hs, ws), _outputs(ht, wt), batch, 0)[0]
 
-  got = loss(chunked, hs, ws)
+  @jax.jit
+  def plain_loss(hs, ws):
+    return plain.apply({}, {}, _outputs(hs, ws), _outputs(ht, wt), batch, 0)[0]
+
+  got = chunked_loss(hs, ws)
   want = _np_divergence(np.asarray(hs @ ws, np.float64), np.asarray(ht @ wt, np.float64), beta,
                         temperature, mask)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  np.testing.assert_allclose(got, loss(plain, hs, ws), rtol=1e-5)
+  np.testing.assert_allclose(got, plain_loss(hs, ws), rtol=1e-5)
   # Gradients equal the plain term's (through logits = h @ W) ...
-  g_chunked = jax.grad(loss, argnums=(1, 2))(chunked, hs, ws)
-  g_plain = jax.grad(loss, argnums=(1, 2))(plain, hs, ws)
+  g_chunked = jax.grad(chunked_loss, argnums=(0, 1))(hs, ws)
+  g_plain = jax.grad(plain_loss, argnums=(0, 1))(hs, ws)
   for a, b in zip(g_chunked, g_plain):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # ... and finite differences.
-  check_grads(lambda h, w: loss(chunked, h, w), (hs, ws), order=1, modes=("rev",), atol=1e-2,
-              rtol=1e-2)
+  check_grads(chunked_loss, (hs, ws), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
 def test_chunked_term_declares_its_taps_and_checks_its_arguments():
@@ -132,16 +135,22 @@ PLAIN = {"ce": {"kind": "cross_entropy", "weight": 0.5, "label_key": "targets"},
 CHUNKED = {**PLAIN, "kd": {**PLAIN["kd"], "chunk_size": 24}}
 
 
-def test_a_chunked_run_follows_the_plain_runs_trajectory(hf_dirs, tmp_path):
+@pytest.fixture(scope="module")
+def chunked_run(hf_dirs, tmp_path_factory):
+  """Two steps of the chunked objective on one model axis (8 data devices)."""
+  return _run_steps(hf_dirs, tmp_path_factory.mktemp("chunked"), CHUNKED)
+
+
+def test_a_chunked_run_follows_the_plain_runs_trajectory(hf_dirs, chunked_run, tmp_path):
   assert jax.device_count() == 8
   plain, _ = _run_steps(hf_dirs, tmp_path / "plain", PLAIN)
-  chunked, _ = _run_steps(hf_dirs, tmp_path / "chunked", CHUNKED)
+  chunked, _ = chunked_run
   for a, b in zip(plain, chunked):
     np.testing.assert_allclose([b["loss"], b["kd"]], [a["loss"], a["kd"]], rtol=1e-5)
 
 
-def test_mesh_model_2_follows_the_one_axis_trajectory(hf_dirs, tmp_path):
-  one, runner_one = _run_steps(hf_dirs, tmp_path / "m1", CHUNKED)
+def test_mesh_model_2_follows_the_one_axis_trajectory(hf_dirs, chunked_run, tmp_path):
+  one, runner_one = chunked_run
   two, runner_two = _run_steps(hf_dirs, tmp_path / "m2", CHUNKED, mesh={"model": 2})
   assert dict(runner_one.mesh.shape) == {"data": 8, "fsdp": 1, "model": 1}
   assert dict(runner_two.mesh.shape) == {"data": 4, "fsdp": 1, "model": 2}

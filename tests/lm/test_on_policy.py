@@ -286,3 +286,58 @@ def test_teacher_generated_continuations(teacher, student):
   np.testing.assert_array_equal(new_batch["targets"], np.asarray(expected)[:, 1:])
   assert float(drawn["teacher_generated_fraction"]) == 1.0
   assert float(drawn["on_policy_fraction"]) == 0.0
+
+
+def test_the_run_kind_turns_its_fields_into_settings():
+  from kdjax.train import kinds
+  from kdjax.train.errors import ConfigError
+  from kdjax.train.kinds import on_policy
+
+  def decl(**fields):
+    return kinds.declare({"name": "gkd", "kind": "on_policy", "teachers": ("teacher",),
+                          **fields})
+
+  config = on_policy.settings(decl(prompt_length=4, lmbda=1.0, top_p=0.9), 32)
+  assert config == lm.OnPolicyConfig(4, 29, lmbda=1.0, top_p=0.9)
+  with pytest.raises(ConfigError, match="prompt_length=30 and max_new_tokens=8 do not fit rows "
+                                        "of config.data.sequence_length=32"):
+    on_policy.settings(decl(prompt_length=30, max_new_tokens=8), 32)
+  with pytest.raises(ConfigError, match=r"run 'gkd' \(kind 'on_policy'\): lmbda=2.0 must be"):
+    on_policy.settings(decl(lmbda=2.0), 32)
+  with pytest.raises(ConfigError, match="has no field"):
+    decl(lambda_=0.5)
+
+
+@pytest.mark.slow
+def test_a_killed_gkd_run_resumes_to_the_same_final_metrics(tmp_path):
+  import json
+  import os
+
+  from tests.train.conftest import kill_when, run_cli
+
+  args = ("--config=configs/lm/gkd.py", "--config.teacher.total_steps=30",
+          "--config.total_steps=30", "--config.checkpoint_every=10", "--config.log_every=1",
+          "--config.eval_every=30", "--config.progress_bar=False")
+  reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+  run_cli(*args, f"--workdir={reference}")
+  kill_when(os.path.join(killed, "student_gkd", "checkpoints", "20"), *args,
+            f"--workdir={killed}")
+  run_cli(*args, f"--workdir={killed}")
+
+  def final(workdir):
+    with open(os.path.join(workdir, "results.json")) as f:
+      entry = json.load(f)["student_gkd"]
+    records = {}
+    with open(os.path.join(workdir, "student_gkd", "metrics.jsonl")) as f:
+      for line in f:
+        r = json.loads(line)
+        if not r.get("eval"):
+          records[r["step"]] = {k: v for k, v in r.items() if not k.endswith("_per_s")}
+    return {k: v for k, v in entry.items() if k != "time_s"}, records
+
+  (ref_entry, ref_records), (entry, records) = final(reference), final(killed)
+  assert entry == ref_entry
+  assert records == ref_records
+  assert sorted(records) == list(range(1, 31))
+  assert any(r["on_policy_fraction"] > 0 for r in records.values())
+  assert all(r["generation_length"] in (0.0, 32.0) for r in records.values())

@@ -1,4 +1,6 @@
 """Feature-based losses against float64 numpy versions of their formulas."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,17 +47,21 @@ def test_feature_mse_matches_formula():
   np.testing.assert_allclose(out, expected, rtol=RTOL)
 
 
-@pytest.mark.parametrize("p", [2, 1.5])
-def test_attention_transfer_matches_formula(p):
-  out = losses.attention_transfer(FS, FT, p=p)
-  assert out.shape == (3,)
-  np.testing.assert_allclose(out, ref_attention_transfer(FS, FT, p), rtol=RTOL, atol=ATOL)
+# Losses of (FS, FT), whose channel counts differ -> their numpy references.
+CROSS_WIDTH = {
+    "attention_transfer_p2": (functools.partial(losses.attention_transfer, p=2),
+                              functools.partial(ref_attention_transfer, p=2)),
+    "attention_transfer_p1.5": (functools.partial(losses.attention_transfer, p=1.5),
+                                functools.partial(ref_attention_transfer, p=1.5)),
+    "nst": (losses.nst, ref_nst),
+}
 
 
-def test_nst_matches_formula():
-  out = losses.nst(FS, FT)
+@pytest.mark.parametrize("loss, reference", CROSS_WIDTH.values(), ids=CROSS_WIDTH)
+def test_cross_width_losses_match_formula(loss, reference):
+  out = loss(FS, FT)
   assert out.shape == (3,)
-  np.testing.assert_allclose(out, ref_nst(FS, FT), rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(out, reference(FS, FT), rtol=RTOL, atol=ATOL)
 
 
 def test_cosine_distance_matches_formula():

@@ -14,13 +14,10 @@ import numpy as np
 
 from kdjax import losses
 from kdjax import testing
+from tests import helpers
 from tests.losses import test_catalogue as refs
 
-_rng = np.random.default_rng(3)
-
-
-def _normal(*shape, scale=1.0):
-  return (scale * _rng.standard_normal(shape)).astype(np.float32)
+_normal = helpers.normal_sampler(3)
 
 
 LOGITS_S, LOGITS_T = _normal(4, 6, scale=2.0), _normal(4, 6, scale=2.0)

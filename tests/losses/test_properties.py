@@ -9,12 +9,9 @@ import pytest
 from jax.test_util import check_grads
 
 from kdjax import losses
+from tests import helpers
 
-_rng = np.random.default_rng(42)
-
-
-def _normal(*shape, scale=1.0):
-  return (scale * _rng.standard_normal(shape)).astype(np.float32)
+_normal = helpers.normal_sampler(42)
 
 
 LOGITS_S, LOGITS_T = _normal(4, 6, scale=2.0), _normal(4, 6, scale=2.0)

@@ -235,23 +235,32 @@ class ShuffleV1Unit(nn.Module):
     return F.relu(y + x)
 
 
-class ShuffleNetV1(nn.Module):
-  def __init__(self, classes):
+class ShuffleNet(nn.Module):
+  """What both ShuffleNets share: the stem ``conv1``/``bn1`` (24 channels) and the stages
+  ``layer1..3``, stage ``s`` holding the units ``stage(cin, widths[s], s)``."""
+
+  def __init__(self, widths, stage):
     super().__init__()
     self.conv1, self.bn1 = conv(3, 24, 1), nn.BatchNorm2d(24)
     cin = 24
-    for s, (w, n) in enumerate(zip((240, 480, 960), (4, 8, 4))):
-      units = []
-      for j in range(n):
-        units.append(ShuffleV1Unit(cin, w, 2 if j == 0 else 1, 3))
-        cin = w
-      setattr(self, f"layer{s + 1}", nn.Sequential(*units))
+    for s, w in enumerate(widths):
+      setattr(self, f"layer{s + 1}", nn.Sequential(*stage(cin, w, s)))
+      cin = w
+
+  def stages(self, x):
+    x = F.relu(self.bn1(self.conv1(x)))
+    return self.layer3(self.layer2(self.layer1(x)))
+
+
+class ShuffleNetV1(ShuffleNet):
+  def __init__(self, classes):
+    counts = (4, 8, 4)
+    super().__init__((240, 480, 960), lambda cin, w, s: [
+        ShuffleV1Unit(cin if j == 0 else w, w, 2 if j == 0 else 1, 3) for j in range(counts[s])])
     self.linear = nn.Linear(960, classes)
 
   def forward(self, x):
-    x = F.relu(self.bn1(self.conv1(x)))
-    x = self.layer3(self.layer2(self.layer1(x)))
-    return self.linear(x.mean((2, 3)))
+    return self.linear(self.stages(x).mean((2, 3)))
 
 
 class V2Down(nn.Module):
@@ -286,21 +295,16 @@ class V2Basic(nn.Module):
     return shuffle(torch.cat([x[:, :h], y], 1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(ShuffleNet):
   def __init__(self, classes):
-    super().__init__()
-    self.conv1, self.bn1 = conv(3, 24, 1), nn.BatchNorm2d(24)
-    cin = 24
-    for s, (w, n) in enumerate(zip((116, 232, 464), (3, 7, 3))):
-      setattr(self, f"layer{s + 1}", nn.Sequential(V2Down(cin, w), *[V2Basic(w) for _ in range(n)]))
-      cin = w
+    counts = (3, 7, 3)
+    super().__init__((116, 232, 464), lambda cin, w, s: [
+        V2Down(cin, w), *[V2Basic(w) for _ in range(counts[s])]])
     self.conv2, self.bn2 = conv(464, 1024, 1), nn.BatchNorm2d(1024)
     self.linear = nn.Linear(1024, classes)
 
   def forward(self, x):
-    x = F.relu(self.bn1(self.conv1(x)))
-    x = self.layer3(self.layer2(self.layer1(x)))
-    return self.linear(F.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+    return self.linear(F.relu(self.bn2(self.conv2(self.stages(x)))).mean((2, 3)))
 
 
 NETS = {

@@ -9,6 +9,7 @@ import pytest
 
 from kdjax import models
 from kdjax.models.zoo import _counts
+from kdjax.models.zoo import _registry
 
 # --- Reference counts, written from the PyTorch definitions (RepDistiller / CRD `models/`) ---
 
@@ -163,7 +164,7 @@ def test_param_count_follows_num_classes():
 _SMALL_KWARGS = {"transformer_lm": {"max_len": 16}}
 
 
-@pytest.mark.parametrize("name", models.available_models())
+@pytest.mark.parametrize("name", sorted(_registry.MODELS))  # Linen modules (not FACTORIES)
 def test_traces_in_bfloat16_with_float32_logits_params_and_documented_taps(name):
   module = models.get_model(name, num_classes=10, dtype=jnp.bfloat16, **_SMALL_KWARGS.get(name, {}))
   x = _counts.example_input(name, batch=2)
@@ -277,7 +278,7 @@ def test_create_initialises_and_bfloat16_keeps_float32_params_and_logits():
   assert not np.array_equal(low, high)  # ... which does happen: the compute really is bfloat16
 
 
-@pytest.mark.parametrize("name", models.available_models())
+@pytest.mark.parametrize("name", sorted(_registry.MODELS))  # Linen modules (not FACTORIES)
 def test_every_model_takes_the_common_arguments(name):
   module = models.get_model(name, num_classes=3, dtype=jnp.bfloat16, bn_axis_name="batch")
   assert (module.num_classes, module.dtype, module.bn_axis_name) == (3, jnp.bfloat16, "batch")

@@ -76,23 +76,15 @@ def test_the_example_loss_and_its_lifted_term():
 
 
 _TRAIN = textwrap.dedent("""
-    import jax, numpy as np, optax
-    import kdjax
+    import numpy as np, optax
     from kdjax import losses, objectives
     from tests import helpers
 
     kind = objectives.term_kinds()["hellinger"]
     objective = objectives.combine({"h": kind.ctor(temperature=2.0)})
     teacher, student = helpers.tap_mlp(1), helpers.tap_mlp(2)
-    data = helpers.batch(16)
-    state = kdjax.DistillState.create(student=student, teacher=teacher, objective=objective,
-                                      tx=optax.adam(0.02), rng=jax.random.key(0),
-                                      example_batch=data)
-    step = jax.jit(kdjax.distill_step)
-    history = []
-    for _ in range(25):
-      state, metrics = step(state, data)
-      history.append(float(metrics["h"]))
+    _, history = helpers.distill(student, teacher, objective, helpers.batch(16),
+                                 tx=optax.adam(0.02), steps=25, metric="h")
     assert losses.hellinger.__module__ == "kdjax.losses._hellinger"
     assert np.all(np.isfinite(history)) and history[-1] < 0.5 * history[0], history
     print("trained", history[0], history[-1])

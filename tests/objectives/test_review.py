@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import kdjax
 from kdjax import losses, models, objectives
+from tests import helpers
 
 
 def _np_pool(x, size):
@@ -83,14 +83,7 @@ def test_term_is_hcl_of_the_fused_student_and_trains_down():
   np.testing.assert_allclose(
       loss, _np_hcl(fused, [t_out.features["stage1"], t_out.features["stage2"]]), rtol=1e-5)
 
-  objective = objectives.combine({"review": term})
-  dstate = kdjax.DistillState.create(student=student, teacher=teacher, objective=objective,
-                                     tx=optax.sgd(0.05, momentum=0.9), rng=jax.random.key(0),
-                                     example_batch=data)
-  step = jax.jit(kdjax.distill_step)
-  history = []
-  for _ in range(30):
-    dstate, metrics = step(dstate, data)
-    history.append(float(metrics["review"]))
+  _, history = helpers.distill(student, teacher, objectives.combine({"review": term}), data,
+                               tx=optax.sgd(0.05, momentum=0.9), steps=30, metric="review")
   assert np.all(np.isfinite(history))
   assert history[-1] < 0.7 * history[0], history

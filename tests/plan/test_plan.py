@@ -18,6 +18,7 @@ pytest.importorskip("jax_plugins.xla_cuda12", reason="the plan extra is not inst
 from kdjax import plan as plan_lib  # noqa: E402
 from kdjax.plan import _main  # noqa: E402
 from kdjax.train.config import base_config  # noqa: E402
+from tests import helpers  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,13 +33,7 @@ def tiny_config(**overrides):
   c.teacher.model_kwargs = {"hidden": (64,)}
   c.student.model = "mlp"
   c.student.model_kwargs = {"hidden": (32,)}
-  for key, value in overrides.items():
-    node = c
-    *parents, last = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[last] = value
-  return c
+  return helpers.with_overrides(c, overrides)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +180,8 @@ def test_suggestion_candidates_go_from_least_to_most_intrusive():
                        {"mesh.fsdp": 4, "shard_teacher": True}]
   both = {"shard_teacher": True, "shard_student": True}
   assert groups[1] == [{"mesh.fsdp": 2, **both}, {"mesh.fsdp": 4, **both}]
+  if "model" in tiny_config().mesh:  # Megatron-style model axis, where the mesh has one.
+    assert groups.pop(2) == [{"mesh.model": 2}, {"mesh.model": 4}]
   bf16 = {"teacher.dtype": "bfloat16", "student.dtype": "bfloat16"}
   assert groups[2] == [{"mesh.fsdp": 4, **both, **bf16}]
   # 64 examples over 4 devices: accumulation 2, 4 and 8 keep whole micro-batches per device.

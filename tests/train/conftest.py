@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kdjax import train
+from tests import helpers
 from tests.train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,14 +18,7 @@ TINY_CONFIG_FILE = os.path.join(REPO, "tests", "train", "tiny_config.py")
 
 def tiny(**overrides):
   """The tiny pipeline config with dotted-key overrides, e.g. ``tiny(**{'optimizer.name': 'sgd'})``."""
-  config = tiny_config.get_config()
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return helpers.with_overrides(tiny_config.get_config(), overrides)
 
 
 def train_losses(workdir, run):

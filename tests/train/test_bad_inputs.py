@@ -1,12 +1,11 @@
 """Bad input ends in one clear error that names the fix, and leaves the workdir as it was."""
 import os
-import signal
-import socket
 
 import pytest
 
 from kdjax import data
 from kdjax import train
+from tests import helpers
 from tests.train.conftest import snapshot, tiny
 
 SENTINEL = "keep-me.txt"
@@ -25,24 +24,9 @@ def fixture_workdir(tmp_path):
 
 @pytest.fixture(name="no_network")
 def fixture_no_network(monkeypatch):
-  """Any connection attempt fails at once; a hang is cut after 60 s."""
-  attempts = []
-
-  def refuse(sock, address, *args, **kwargs):
-    attempts.append(address)
-    raise OSError(f"network access to {address} attempted")
-
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-
-  def timeout(*_):
-    raise TimeoutError("a call hung")
-
-  previous = signal.signal(signal.SIGALRM, timeout)
-  signal.alarm(60)
-  yield attempts
-  signal.alarm(0)
-  signal.signal(signal.SIGALRM, previous)
+  """Any connection attempt or host lookup fails at once; a hang is cut after 60 s."""
+  with helpers.no_network(monkeypatch) as attempts:
+    yield attempts
 
 
 @pytest.mark.parametrize("overrides, error, fix", [

@@ -21,7 +21,7 @@ def error_line(err):
 @pytest.mark.parametrize("config_arg, fix", [
     ("--config=configs/does_not_exist.py", "does not exist"),
     ("--config=SYNTAX", "SyntaxError"),
-    ("UNKNOWN_KEY", "the config has no key 'learning_rat'"),
+    ("UNKNOWN_KEY", "the config has no key 'optimizer.learning_rat'"),
 ])
 def test_cli_bad_config(tmp_path, config_arg, fix):
   args = [config_arg]

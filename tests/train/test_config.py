@@ -50,7 +50,7 @@ def test_objective_replaces_the_default_terms():
     ({"objective": {"kd": {"kind": "kd", "temperature": 0}}}, "temperature must be > 0"),
     ({"objective": {"kd": {"kind": "kd", "warmup_steps": -5}}}, "warmup_steps must be an integer"),
     ({"data": {"augment": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}}}, "set one to 0"),
-    ({"mesh": {"model": 2}}, "unknown config key 'mesh.model'"),
+    ({"mesh": {"tensor": 2}}, "unknown config key 'mesh.tensor'"),
     ({"mesh": {"data": 0}}, "config.mesh must map"),
     ({"teacher": {"total_steps": 0}}, "config.teacher.total_steps must be an integer >= 1"),
     ({"checked_steps": -1}, "config.checked_steps must be an integer >= 0"),

@@ -11,7 +11,7 @@ from tests.train.conftest import tiny
 
 def test_the_table_holds_one_module_per_kind():
   assert sorted(kinds.KINDS) == ["compressed", "distill", "export", "load", "lwf", "mutual",
-                                 "supervised"]
+                                 "on_policy", "supervised"]
   for name, kind in kinds.KINDS.items():
     assert issubclass(kind.fields, kinds.Run) and callable(kind.plan), name
     assert dataclasses.is_dataclass(kind.fields) and kind.fields.__dataclass_params__.frozen

@@ -1,5 +1,6 @@
 """Language-model configs: Hugging Face directories as teacher and student, tokenizer.json data,
 the model mesh axis and chunked token terms, each checked in resolve or before any work."""
+import importlib.util
 import json
 import os
 import re
@@ -72,9 +73,9 @@ def test_a_hugging_face_teacher_needs_no_model_name_and_builds_with_from_hf(hf_d
   ctx = kinds.Context(config=config, data=data, workdir="/nonexistent",
                       decls={d.name: d for d in decls})
   loaded = ctx.trained("teacher")
-  chex_equal = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
                             loaded.params, reference.params)
-  assert all(jax.tree.leaves(chex_equal))
+  assert all(jax.tree.leaves(same))
 
 
 @pytest.mark.parametrize("section, message", [
@@ -187,7 +188,8 @@ def test_chunk_size_turns_a_token_divergence_into_its_chunked_form():
       ({"kind": "dkd", "chunk_size": 8}, "term kind 'dkd' has no chunked form"),
       ({"kind": "kd", "chunk_size": 0}, r"chunk_size must be an integer >= 1"),
       ({"kind": "kd", "chunk_size": 8, "beta": 0.5}, r"term kind 'kd' has beta=0\.0"),
-      ({"kind": "kd", "chunk_size": 8, "student": "stage2"}, r"takes no argument\(s\) \['student'\]"),
+      ({"kind": "kd", "chunk_size": 8, "student": "stage2"},
+       r"takes no argument\(s\) \['student'\]"),
   ]:
     with pytest.raises(ConfigError, match=r"^config\.objective\.kd"):
       config_lib.resolve(lm_config(objective={"kd": spec}))
@@ -198,7 +200,6 @@ def test_chunk_size_turns_a_token_divergence_into_its_chunked_form():
 def test_lm_configs_resolve():
   for name in ("distill", "hf_distill"):
     path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "lm", f"{name}.py")
-    import importlib.util
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

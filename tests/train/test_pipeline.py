@@ -46,6 +46,15 @@ def wait_for(path, process, timeout=600):
     time.sleep(0.005)
 
 
+def signal_when_saved(workdir, run, signum):
+  """Starts the tiny pipeline on ``workdir`` and sends it ``signum`` once ``run`` has saved step
+  10; returns the process."""
+  process = cli(f"--config={TINY_CONFIG_FILE}", f"--workdir={workdir}")
+  wait_for(os.path.join(workdir, run, "checkpoints", "10"), process)
+  process.send_signal(signum)
+  return process
+
+
 def test_workdir_contract(reference):
   workdir, results = reference
   with open(os.path.join(workdir, "results.json")) as f:
@@ -121,9 +130,7 @@ def test_finished_runs_are_not_redone(reference):
 def test_sigkill_then_resume_gives_the_same_run(reference, tmp_path):
   ref_dir, ref_results = reference
   workdir = str(tmp_path / "run")
-  process = cli(f"--config={TINY_CONFIG_FILE}", f"--workdir={workdir}")
-  wait_for(os.path.join(workdir, "student_kd", "checkpoints", "10"), process)
-  process.send_signal(signal.SIGKILL)
+  process = signal_when_saved(workdir, "student_kd", signal.SIGKILL)
   process.wait()
   assert process.returncode == -signal.SIGKILL
   killed = train.read_results(workdir)
@@ -137,9 +144,7 @@ def test_sigkill_then_resume_gives_the_same_run(reference, tmp_path):
 def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
   ref_dir, ref_results = reference
   workdir = str(tmp_path / "run")
-  process = cli(f"--config={TINY_CONFIG_FILE}", f"--workdir={workdir}")
-  wait_for(os.path.join(workdir, "student", "checkpoints", "10"), process)
-  process.send_signal(signal.SIGTERM)
+  process = signal_when_saved(workdir, "student", signal.SIGTERM)
   _, err = process.communicate(timeout=120)
   assert process.returncode == 75, err[-3000:]
   assert "Traceback" not in err

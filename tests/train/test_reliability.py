@@ -381,3 +381,62 @@ def test_config_values_fail_before_any_work_naming_their_key(tmp_path, overrides
     train.train_and_evaluate(tiny(**overrides), str(workdir))
   assert key in str(e.value) and "\n" not in str(e.value), str(e.value)
   assert not workdir.exists()
+
+
+# --- 9. Teacher caches keyed by their fingerprint -----------------------------------------------
+
+
+def test_the_cache_directory_is_keyed_by_the_teacher_and_settings(tmp_path):
+  from kdjax.train.kinds import _cached_teacher  # pylint: disable=g-import-not-at-top
+  config = config_lib.resolve(tiny(**{"teacher_cache.enabled": True}))
+  data = rundata.make(config)
+  cached = _cached_teacher.CachedTeacherData(
+      data, config.teacher_cache, run="student_kd", root=str(tmp_path / "teacher"),
+      teacher=None, teacher_config={"model": "mlp"}, seed=0, num_classes=10, temperature=1.0)
+  views = data.replay_views(seed=0, replay_epochs=1)
+  one = models.Model(apply=None, params={"w": np.zeros(3, np.float32)}, model_state={})
+  two = models.Model(apply=None, params={"w": np.ones(3, np.float32)}, model_state={})
+  first = cached.keyed_directory(one, views)
+  assert os.path.dirname(first) == str(tmp_path / "teacher")
+  assert cached.keyed_directory(one, views) == first
+  assert cached.keyed_directory(two, views) != first
+
+
+# --- 2. Teacher-cache contents checked against their checksums ----------------------------------
+
+
+def test_a_cache_overwritten_with_same_shape_noise_is_never_used(tmp_path):
+  from kdjax import teacher_cache  # pylint: disable=g-import-not-at-top
+  from tests import test_teacher_cache as cache_helpers  # pylint: disable=g-import-not-at-top
+  model = cache_helpers.teacher()
+  cache = cache_helpers.build(tmp_path, model)
+  good = np.array(cache.values)
+  meta = json.loads((tmp_path / "meta.json").read_text())
+  assert len(meta["checksums"]["values"]) == len(meta["checksums"]["indices"]) == 2 * 5
+  noise = np.random.default_rng(0).standard_normal(good.shape).astype(good.dtype)
+  np.save(tmp_path / "values.npy", noise)  # Same shape and dtype: only the checksums tell.
+  with pytest.raises(teacher_cache.TeacherCacheCorrupt) as e:
+    teacher_cache.load_teacher_cache(tmp_path, fingerprint=cache.fingerprint)
+  assert ("values.npy, replay epoch 0, examples 0..7 (and 9 more of 10 parts) do not match "
+          "their checksums") in str(e.value)
+  with pytest.raises(teacher_cache.TeacherCacheCorrupt):
+    cache_helpers.build(tmp_path, model, on_stale="error")
+  rebuilt = cache_helpers.build(tmp_path, model)  # The default rebuilds it.
+  np.testing.assert_array_equal(rebuilt.values, good)
+
+  indices = np.load(tmp_path / "indices.npy")
+  indices[1, 20, 0] = (indices[1, 20, 0] + 1) % 5  # One changed entry, in one part.
+  np.save(tmp_path / "indices.npy", indices)
+  with pytest.raises(teacher_cache.TeacherCacheCorrupt,
+                     match=r"indices.npy, replay epoch 1, examples 16..23 \(and 0 more"):
+    teacher_cache.load_teacher_cache(tmp_path)
+
+
+def test_callbacks_into_a_closed_event_loop_stay_quiet():
+  seen = []
+  hook = describe._quiet_callbacks(lambda *args: seen.append(args[1]))  # pylint: disable=protected-access
+  hook(RuntimeError, RuntimeError("Event loop is closed"), None)  # A failed save's echo.
+  assert not seen
+  other = ValueError("something else")
+  hook(ValueError, other, None)
+  assert seen == [other]

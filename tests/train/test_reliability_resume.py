@@ -119,3 +119,46 @@ def test_a_disk_that_fills_during_training_stops_in_seconds(disk):
   _, err = process.communicate(timeout=900)
   assert process.returncode == 0, err[-3000:]
   assert "teacher" in train.read_results(workdir)
+
+
+def test_two_workdirs_sharing_a_teacher_cache_dir_keep_both_caches(tmp_path):
+  shared = str(tmp_path / "caches")
+  settings = {"compare_baseline": False, "total_steps": 2, "teacher.total_steps": 2,
+              "eval_every": 0, "checkpoint_every": 2, "logging.tensorboard": False,
+              "teacher_cache.enabled": True, "teacher_cache.replay_epochs": 1,
+              "teacher_cache.dir": shared}
+  metas = {}
+  for seed in (0, 1):  # Two teachers (other seeds), one cache directory.
+    train.train_and_evaluate(tiny(seed=seed, **settings), str(tmp_path / f"w{seed}"))
+    keyed = sorted(os.listdir(os.path.join(shared, "teacher")))
+    metas[seed] = keyed
+  assert len(metas[0]) == 1 and len(metas[1]) == 2, metas
+  for key in metas[1]:
+    directory = os.path.join(shared, "teacher", key)
+    assert sorted(os.listdir(directory)) == ["meta.json", "values.npy"], directory
+  # The first workdir's cache was not replaced: its run finds it again.
+  results = train.train_and_evaluate(tiny(seed=0, **settings), str(tmp_path / "w0"))
+  assert "student_kd" in results
+  assert sorted(os.listdir(os.path.join(shared, "teacher"))) == metas[1]
+
+
+def test_a_cache_overwritten_with_noise_is_refused_or_rebuilt_by_the_run(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kdjax.train.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  shared = str(tmp_path / "caches")
+  settings = {"compare_baseline": False, "total_steps": 4, "teacher.total_steps": 4,
+              "eval_every": 0, "checkpoint_every": 4, "logging.tensorboard": False,
+              "teacher_cache.enabled": True, "teacher_cache.replay_epochs": 1,
+              "teacher_cache.dir": shared}
+  first = train.train_and_evaluate(tiny(**settings), str(tmp_path / "w0"))
+  (key,) = os.listdir(os.path.join(shared, "teacher"))
+  values = os.path.join(shared, "teacher", key, "values.npy")
+  good = np.load(values)
+  np.save(values, np.random.default_rng(0).standard_normal(good.shape).astype(good.dtype))
+  again = {**settings, "teacher.checkpoint": str(tmp_path / "w0" / "teacher")}
+  with pytest.raises(ConfigError, match="is corrupt: values.npy"):
+    train.train_and_evaluate(tiny(**again, **{"teacher_cache.on_stale": "error"}),
+                             str(tmp_path / "w1"))
+  second = train.train_and_evaluate(tiny(**again), str(tmp_path / "w2"))  # Rebuilt.
+  np.testing.assert_array_equal(np.load(values), good)
+  assert second["student_kd"]["accuracy"] == first["student_kd"]["accuracy"]

@@ -18,6 +18,14 @@ SHORT = {"compare_baseline": False, "total_steps": STEPS, "teacher.total_steps":
          "eval_every": 0, "checkpoint_every": STEPS}
 
 
+def cache_dir(workdir):
+  """The teacher cache of run ``teacher`` in ``workdir``: ``teacher_cache/teacher/<key>``."""
+  root = os.path.join(workdir, "teacher_cache", "teacher")
+  keyed = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  assert len(keyed) <= 1, keyed
+  return os.path.join(root, keyed[0]) if keyed else os.path.join(root, "?")
+
+
 @pytest.fixture(scope="module", name="online_and_cached")
 def fixture_online_and_cached(tmp_path_factory):
   """The short pipeline with the online teacher, then its student_kd again on a full float32
@@ -33,7 +41,7 @@ def fixture_online_and_cached(tmp_path_factory):
 
 def test_cached_run_writes_the_cache_and_trains_without_the_teacher(online_and_cached):
   _, cached = online_and_cached
-  directory = os.path.join(cached, "teacher_cache", "teacher")
+  directory = cache_dir(cached)
   assert sorted(os.listdir(directory)) == ["meta.json", "values.npy"]  # full: no indices
   with open(os.path.join(directory, "meta.json")) as f:
     meta = json.load(f)
@@ -139,11 +147,11 @@ CACHE_ARGS = ("--config.compare_baseline=False", "--config.teacher_cache.enabled
 
 def kill_during_build(workdir, *args, units=20, timeout=900):
   """Starts the CLI and SIGKILLs it once ``units`` units of its teacher cache are written."""
-  directory = os.path.join(workdir, "teacher_cache", "teacher", "units")
   process = cli(*args)
   deadline = time.time() + timeout
   while True:
     assert process.poll() is None, process.communicate()[1][-3000:]
+    directory = os.path.join(cache_dir(workdir), "units")
     assert time.time() < deadline, f"{directory} did not fill within {timeout}s"
     if os.path.isdir(directory):
       done = [n for n in os.listdir(directory) if n.endswith(".values.npy")]
@@ -163,7 +171,7 @@ def test_killed_while_building_the_cache_then_rerun_equals_uninterrupted(tmp_pat
   run_cli(*args, f"--workdir={reference}")
   workdir = str(tmp_path / "killed")
   kill_during_build(workdir, *args, f"--workdir={workdir}")
-  directory = os.path.join(workdir, "teacher_cache", "teacher")
+  directory = cache_dir(workdir)
   assert not os.path.exists(os.path.join(directory, "meta.json"))  # killed mid-build
   assert "student_kd" not in train.read_results(workdir)
   kill_when(os.path.join(workdir, "student_kd", "checkpoints", "10"), *args,
@@ -173,7 +181,7 @@ def test_killed_while_building_the_cache_then_rerun_equals_uninterrupted(tmp_pat
 
   for name in ("values.npy", "indices.npy", "meta.json"):
     with open(os.path.join(directory, name), "rb") as a, open(
-        os.path.join(reference, "teacher_cache", "teacher", name), "rb") as b:
+        os.path.join(cache_dir(reference), name), "rb") as b:
       assert a.read() == b.read(), name
   got, want = train_losses(workdir, "student_kd"), train_losses(reference, "student_kd")
   assert sorted(got) == sorted(want) == list(range(1, 41))

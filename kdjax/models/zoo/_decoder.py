@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -382,3 +382,18 @@ def split_inputs(inputs) -> tuple[jax.Array, jax.Array, jax.Array]:
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
   return tokens, segment_ids.astype(jnp.int32), positions.astype(jnp.int32)
+
+
+def decoder(*, num_classes: int, rng: jax.Array, taps: Sequence[str] = (),
+            dtype: Any = jnp.float32, bn_axis_name: str | None = None, **fields: Any):
+  """The zoo's ``decoder``: a :class:`Decoder` of ``DecoderConfig(vocab_size=num_classes, **fields)``.
+
+  What ``kdjax.models.create("decoder", ...)`` (and ``config.<side>.model='decoder'`` with the
+  :class:`DecoderConfig` fields as ``model_kwargs``) builds: a freshly initialised decoder whose
+  model serves :func:`kdjax.lm.generate`. ``bn_axis_name`` is accepted like every zoo model's
+  and unused (the decoder has no BatchNorm).
+  """
+  del bn_axis_name
+  from kdjax.models._hf import decoder_model  # pylint: disable=g-import-not-at-top  (_hf imports the zoo)
+  return decoder_model(DecoderConfig(vocab_size=num_classes, **fields), rng=rng, dtype=dtype,
+                       taps=taps, name="decoder")

@@ -29,6 +29,16 @@ def _head(module: nn.Module, x: jax.Array, features: int, *, name: str,
                  bias_init=bias_init, name=name)(x.astype(jnp.float32))
 
 
+def _stem(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+  """``module``'s full-resolution ``stem`` (conv-BN-ReLU, ``width``) on images whose H and W are
+  multiples of 4, as both models downsample twice by 2."""
+  if x.ndim != 4 or x.shape[1] % 4 or x.shape[2] % 4:
+    raise ValueError(f"{type(module).__name__} takes images [batch, H, W, C] with H and W "
+                     f"multiples of 4, got shape {x.shape}")
+  return _layers.ConvBNReLU(module.width, name="stem", dtype=module.dtype,
+                            bn_axis_name=module.bn_axis_name)(x.astype(module.dtype), train)
+
+
 class SegmentationUNet(_layers.ConvNet):
   """A two-level U-Net: per-pixel class logits ``[B, H, W, num_classes]`` at the input resolution.
 
@@ -49,13 +59,9 @@ class SegmentationUNet(_layers.ConvNet):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if x.ndim != 4 or x.shape[1] % 4 or x.shape[2] % 4:
-      raise ValueError(f"SegmentationUNet takes images [batch, H, W, C] with H and W multiples "
-                       f"of 4, got shape {x.shape}")
+    s0 = _stem(self, x, train)
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     w = self.width
-    x = x.astype(self.dtype)
-    s0 = _layers.ConvBNReLU(w, name="stem", **kw)(x, train)
     s1 = _layers.ConvBNReLU(2 * w, name="stage1", **kw)(_pool(s0), train)
     s2 = _DoubleConv(4 * w, name="stage2", **kw)(_pool(s1), train)
     d2 = _layers.ConvBNReLU(2 * w, name="decoder2", **kw)(
@@ -112,13 +118,9 @@ class PointDetector(_layers.ConvNet):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if x.ndim != 4 or x.shape[1] % 4 or x.shape[2] % 4:
-      raise ValueError(f"PointDetector takes images [batch, H, W, C] with H and W multiples of "
-                       f"4, got shape {x.shape}")
+    s0 = _stem(self, x, train)
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     w = self.width
-    x = x.astype(self.dtype)
-    s0 = _layers.ConvBNReLU(w, name="stem", **kw)(x, train)
     s1 = _layers.ConvBNReLU(2 * w, strides=2, name="stage1", **kw)(s0, train)
     s2 = _Stage2(4 * w, name="stage2", **kw)(s1, train)
     fused = jnp.concatenate([s2, _pool(s1)], axis=-1)

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kdjax.models.zoo._decoder import decoder
 from kdjax.models.zoo._mobilenet import MobileNetV2
 from kdjax.models.zoo._resnet import cifar_resnet, resnet50
 from kdjax.models.zoo._shufflenet import ShuffleNetV1, ShuffleNetV2
@@ -34,5 +35,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "transformer_lm": TransformerLM,
 }
 
+# Zoo names built by a function returning a kdjax.models.Model (create passes it num_classes,
+# rng, taps, dtype and the model kwargs) rather than by a Linen module constructor.
+FACTORIES: dict[str, Callable[..., Any]] = {"decoder": decoder}
+
 # The dtype of the example batch ``create`` initialises with; images (float32) otherwise.
-INPUT_DTYPES: dict[str, Any] = {"transformer_lm": jnp.int32}
+INPUT_DTYPES: dict[str, Any] = {"transformer_lm": jnp.int32, "decoder": jnp.int32}

@@ -66,7 +66,17 @@ def _encode(model: nn.Module, x: jax.Array, depth: int, num_heads: int, *, causa
   return _layers.layer_norm(dtype=model.dtype, name="ln_f")(x)
 
 
-class ViT(nn.Module):
+class _Transformer(nn.Module, kw_only=True):
+  """The keyword-only fields both transformers take: ``mlp_ratio`` (each block's MLP width over
+  the model width), ``dtype`` (the compute dtype; parameters stay float32) and ``bn_axis_name``
+  (there is no BatchNorm here; taken so that every zoo model takes it)."""
+
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+
+class ViT(_Transformer):
   """Vision Transformer (Dosovitskiy et al., 2021) sized for 32x32 images.
 
   ``stem``: a ``patch_size`` strided convolution to ``dim`` channels (64 tokens at patch 4);
@@ -80,10 +90,7 @@ class ViT(nn.Module):
   dim: int = 192
   depth: int = 6
   num_heads: int = 3
-  mlp_ratio: int = 4
   dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None  # no BatchNorm here; taken so every zoo model takes it
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -100,7 +107,7 @@ class ViT(nn.Module):
     return _layers.classifier(self, x[:, 0], self.num_classes)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(_Transformer):
   """A decoder-only (causal) Transformer language model: tokens [B, L] -> logits [B, L, V].
 
   ``vocab_size`` is the input vocabulary and ``num_classes`` the output one; give either, the
@@ -116,10 +123,7 @@ class TransformerLM(nn.Module):
   n_layers: int = 2
   n_heads: int = 4
   max_len: int = 128
-  mlp_ratio: int = 4
   dropout_rate: float = 0.1
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None  # no BatchNorm here; taken so every zoo model takes it
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:

@@ -3,7 +3,8 @@
 With ``config.teacher_cache.enabled``, a ``distill`` run (one teacher) first builds, resumes or
 reuses the cache of its teacher's logits on ``replay_epochs`` replayed views of the training
 split (:func:`kdjax.teacher_cache.build_teacher_cache`, in ``teacher_cache.dir`` or
-``WORKDIR/teacher_cache``, one subdirectory per teacher run), then trains the student with no
+``WORKDIR/teacher_cache``, in ``<teacher run>/<fingerprint>/``: caches of other teachers or
+settings sharing the directory stay beside it), then trains the student with no
 teacher in its state on the replayed stream, each batch carrying the cached outputs of its views
 (:meth:`kdjax.teacher_cache.CachedTeacher.wrap`). The step runs no teacher forward; evaluation
 still compares the student with the real teacher (``agreement``).
@@ -27,6 +28,7 @@ from kdjax import teacher_cache
 from kdjax import workdir as contract
 from kdjax.train import builders
 from kdjax.train.errors import ConfigError, Preempted
+from kdjax.train.kinds import base
 
 
 def objective_on_cache(spec: Mapping[str, Any], settings: Any, *, run: str) -> dict[str, Any]:
@@ -86,19 +88,22 @@ class CachedTeacherData:
   ``get_state`` / ``set_state`` checkpoint the data position as before.
   """
 
-  def __init__(self, data: Any, settings: Any, *, run: str, directory: str,
+  def __init__(self, data: Any, settings: Any, *, run: str, root: str,
                teacher: Callable[[], Any], teacher_config: Mapping[str, Any], seed: int,
-               num_classes: int, temperature: float, progress_bar: bool = False):
+               num_classes: int, temperature: float, progress_bar: bool = False,
+               input_key: str = "image"):
     self.data = data
     self.settings = settings
     self.run = run
-    self.directory = directory
+    self.root = root
+    self.directory = root  # The cache's own subdirectory once built (keyed_directory).
     self.teacher = teacher
     self.teacher_config = dict(teacher_config)
     self.seed = seed
     self.num_classes = num_classes
     self.temperature = temperature
     self.progress_bar = progress_bar
+    self.input_key = input_key  # The views' entry the teacher reads.
     self.cache: teacher_cache.CachedTeacher | None = None
 
   @property
@@ -124,10 +129,27 @@ class CachedTeacherData:
                 (b, k), teacher_cache.VALUE_DTYPES[self.settings.values_dtype]),
             objectives.TOPK_INDICES_KEY: jax.ShapeDtypeStruct((b, k), indices)}
 
+  def keyed_directory(self, teacher: Any, views: Any) -> str:
+    """``<root>/<fingerprint>``: the cache of this teacher on these views with these settings.
+
+    Keyed by :func:`kdjax.teacher_cache.teacher_fingerprint` (the teacher's variables and what
+    fixes the cached values), so workdirs sharing ``config.teacher_cache.dir`` keep their caches
+    side by side instead of replacing each other's.
+    """
+    s = self.settings
+    key = teacher_cache.teacher_fingerprint(teacher.params, teacher.model_state, {
+        "teacher": self.teacher_config, "views": views.settings, "k": s.k, "mode": s.mode,
+        "temperature": self.temperature, "values_dtype": s.values_dtype,
+        "num_classes": self.num_classes, "replay_epochs": s.replay_epochs,
+        "input_key": self.input_key})
+    return os.path.join(self.root, key[:16])
+
   def build(self, watch: Any = None) -> teacher_cache.CachedTeacher:
     """Builds, resumes or reuses the cache; a SIGTERM / SIGINT stops it between units."""
     s = self.settings
     views = self.data.replay_views(seed=self.seed, replay_epochs=s.replay_epochs)
+    teacher = self.teacher()
+    self.directory = self.keyed_directory(teacher, views)
     batch_size = s.batch_size or max(
         1, self.data.config.data.eval_batch_size // jax.process_count())
     bar = None
@@ -148,10 +170,11 @@ class CachedTeacherData:
 
     try:
       self.cache = teacher_cache.build_teacher_cache(
-          self.directory, self.teacher(), views, k=s.k or None, mode=s.mode,
+          self.directory, teacher, views, k=s.k or None, mode=s.mode,
           temperature=self.temperature, values_dtype=s.values_dtype,
           teacher_config=self.teacher_config, batch_size=batch_size,
-          chunk_size=s.chunk_size or None, on_stale=s.on_stale, on_chunk=on_chunk)
+          chunk_size=s.chunk_size or None, on_stale=s.on_stale, on_chunk=on_chunk,
+          input_key=self.input_key)
     except teacher_cache.TeacherCacheError as e:
       raise ConfigError(f"run '{self.run}', config.teacher_cache: {e}") from None
     finally:
@@ -204,9 +227,10 @@ def cached_data(ctx: Any, decl: Mapping[str, Any], data: Any, spec: Mapping[str,
   run = teachers[0]
   identity = builders.plain(ctx.section(ctx.decls[run].section()))
   return CachedTeacherData(
-      data, settings, run=name, directory=os.path.join(root, run),
+      data, settings, run=name, root=os.path.join(root, run),
       teacher=lambda: ctx.trained(run),
       teacher_config={k: identity.get(k) for k in ("model", "model_kwargs", "dtype")},
       seed=ctx.config.seed, num_classes=num_classes,
       temperature=cache_temperature(spec, settings.mode, run=name),
-      progress_bar=ctx.config.progress_bar)
+      progress_bar=ctx.config.progress_bar,
+      input_key=base.input_key(ctx, ctx.decls[run].section(), data))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -216,6 +216,21 @@ def class_names(ctx: Context) -> dict[str, list[str]]:
   return {"class_names": list(names)} if names else {}
 
 
+def input_key(ctx: Context, section: str, data: Any) -> str:
+  """The batch entry the models of ``section`` read: ``config.<section>.input_key`` or the
+  dataset's input."""
+  return ctx.section(section).get("input_key") or data.shapes.input_key
+
+
+def teacher_input_key(ctx: Context, runs: Sequence[str], data: Any) -> str | None:
+  """The one batch entry the models of the teacher runs ``runs`` read (``None``: no runs)."""
+  keys = sorted({input_key(ctx, ctx.decls[r].section(), data) for r in runs if r})
+  if len(keys) > 1:
+    raise ConfigError(f"teachers {list(runs)} read different batch entries {keys}; an ensemble "
+                      "reads one input: give their model sections the same input_key")
+  return keys[0] if keys else None
+
+
 def optimizer_of(ctx: Context, decl: Run, data: Any):
   """The run's optimizer, its learning-rate schedule and the hint a NaN message gives."""
   key = "teacher.optimizer" if decl.model == "teacher" else "optimizer"
@@ -229,13 +244,15 @@ def optimizer_of(ctx: Context, decl: Run, data: Any):
 
 
 def student_plan(ctx: Context, decl: Run, *, make_objective, teacher=None, eval_teacher=None,
-                 make_student=None, evaluate=None, data=None) -> RunPlan:
+                 make_student=None, evaluate=None, data=None, teacher_runs=()) -> RunPlan:
   """The plan of a run that trains one model with a ``DistillState`` (most kinds).
 
   ``make_objective()`` builds the objective when the state is built (once per run; traced
   shape-only by the pipeline's checks), and its ``needs`` choose the student's taps;
   ``teacher(objective)`` gives the teacher tapping what the objective reads. ``data``: the run's
   data, when it is not ``ctx.data_for(decl.classes)`` (a stream carrying a teacher cache).
+  ``teacher_runs``: the runs whose models ``teacher`` / ``eval_teacher`` give (their sections'
+  ``input_key`` is the entry the teacher reads).
   """
   c, data = ctx.config, data if data is not None else ctx.data_for(decl.classes)
   section = decl.section()
@@ -254,7 +271,8 @@ def student_plan(ctx: Context, decl: Run, *, make_objective, teacher=None, eval_
       return step_lib.DistillState.create(
           student=student, teacher=teacher(objective) if teacher else None, objective=objective,
           tx=tx, rng=ctx.key(section, 1, decl.seed), example_batch=data.example_batch(c.batch_size),
-          input_key=data.shapes.input_key, label_key=data.shapes.label_key,
+          input_key=input_key(ctx, section, data), label_key=data.shapes.label_key,
+          teacher_input_key=teacher_input_key(ctx, teacher_runs, data),
           accumulation_steps=c.accumulation_steps)
     except (ValueError, TypeError) as e:
       raise ConfigError(f"run '{decl.name}': {e}") from None

@@ -63,7 +63,8 @@ def _online(ctx: base.Context, decl: Distill, data: Any, spec: Any, stages: Any)
       return found[0]
     return strategies.ensemble_teacher(found, combine=decl.combine)
 
-  return base.student_plan(ctx, decl, make_objective=make_objective, teacher=teacher)
+  return base.student_plan(ctx, decl, make_objective=make_objective, teacher=teacher,
+                           teacher_runs=names)
 
 
 def _on_cache(ctx: base.Context, decl: Distill, data: Any, spec: Any, stages: Any) -> RunPlan:
@@ -79,7 +80,7 @@ def _on_cache(ctx: base.Context, decl: Distill, data: Any, spec: Any, stages: An
         supplied={"num_data": data.shapes.num_train, "num_classes": data.shapes.num_classes})
 
   out = base.student_plan(ctx, decl, make_objective=make_objective, data=cached,
-                          eval_teacher=lambda: ctx.trained(run))
+                          eval_teacher=lambda: ctx.trained(run), teacher_runs=(run,))
   out.prepare = cached.build
   return out
 

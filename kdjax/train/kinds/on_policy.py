@@ -83,7 +83,8 @@ def plan(ctx: base.Context, decl: OnPolicy) -> RunPlan:
   def teacher(objective):
     return ctx.trained(decl.teachers[0], taps=objective.needs.teacher)
 
-  out = base.student_plan(ctx, decl, make_objective=make_objective, teacher=teacher)
+  out = base.student_plan(ctx, decl, make_objective=make_objective, teacher=teacher,
+                          teacher_runs=decl.teachers)
   step_fn = functools.partial(lm.on_policy_step, config=config)
   example = data.example_batch(ctx.config.batch_size)
   make_state = out.init_state

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from kdjax.train import builders
 from kdjax.train.execute import RunPlan
 from kdjax.train.kinds import base
 
@@ -25,11 +24,12 @@ class Supervised(base.Run):
 
 
 def plan(ctx: base.Context, decl: Supervised) -> RunPlan:
-  label_key = ctx.data_for(decl.classes).shapes.label_key
+  run_data = ctx.data_for(decl.classes)
+  label_key, task = run_data.shapes.label_key, run_data.task
   compare = decl.compare
-  return base.student_plan(ctx, decl,
-                           make_objective=lambda: builders.supervised_objective(label_key),
-                           eval_teacher=(lambda: ctx.trained(compare)) if compare else None)
+  return base.student_plan(ctx, decl, make_objective=lambda: task.supervised(label_key),
+                           eval_teacher=(lambda: ctx.trained(compare)) if compare else None,
+                           teacher_runs=(compare,))
 
 
 KIND = base.RunKind(Supervised, plan)

@@ -33,6 +33,20 @@ class Augment(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Degrade(Section):
+  """A degraded view of every training and evaluation example, `image_degraded`, made from
+  the same augmented `image` (``kdjax.data.DegradeOptions``): for a model that sees less."""
+
+  downsample: int = key(1, "average blocks of this many pixels a side (1: off)")
+  mask_fraction: float = key(0.0, "share of pixels set to 0 at random (0: off)")
+
+  def check(self, path: str, root: Any) -> None:
+    check_int(self.downsample, f"{path}.downsample")
+    require(is_number(self.mask_fraction) and 0 <= self.mask_fraction < 1,
+            f"config.{path}.mask_fraction must be in [0, 1) (0: off), got {self.mask_fraction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Data(Section):
   """The dataset (``kdjax.data``) and how it is read."""
 
@@ -50,6 +64,7 @@ class Data(Section):
                            "holding one (`''`: bytes are the tokens)")
   image_size: int = key(0, "`folder:<dir>` datasets: resize images to this size (0: as stored)")
   augment: Augment = section(Augment)
+  degrade: Degrade = section(Degrade)
 
   def check(self, path: str, root: Any) -> None:
     require(isinstance(self.name, str) and self.name,
@@ -70,3 +85,4 @@ class Data(Section):
               "does not exist; point it at a tokenizer.json or a directory holding one")
     check_int(self.image_size, f"{path}.image_size", minimum=0)
     self.augment.check(f"{path}.augment", root)
+    self.degrade.check(f"{path}.degrade", root)

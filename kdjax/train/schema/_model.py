@@ -69,6 +69,8 @@ class Model(Section):
   init: str = key("", "a Hugging Face model directory (`config.json` + safetensors) to build "
                       "the model from: its architecture and weights (`kdjax.models.from_hf`), "
                       "no `model` needed; `''`: initialise from the seed")
+  input_key: str = key("", "the batch entry the model reads (`''`: the dataset's input, "
+                          "`image`); e.g. `image_degraded` with `data.degrade`")
 
   def hf_source(self) -> tuple[str, str] | None:
     """``(key, directory)`` of the Hugging Face directory this model is read from, if any."""
@@ -87,6 +89,9 @@ class Model(Section):
       check_model_name(self.model, f"{path}.model")
     else:
       _check_hf(self, path, *source)
+    require(isinstance(self.input_key, str),
+            f"config.{path}.input_key must name a batch entry (or '' for the dataset's input), "
+            f"got {self.input_key!r}")
     require(self.dtype in DTYPES,
             f"config.{path}.dtype={self.dtype!r} is not supported; use one of {tuple(DTYPES)}")
     require(self.num_classes is None or (is_int(self.num_classes) and self.num_classes > 0),
@@ -103,7 +108,8 @@ class Teacher(Model):
   total_steps: int = key(1000, "follows `total_steps` until a config sets it",
                          shown="`total_steps`")
   checkpoint: str = key("", "a trained teacher to load: a run directory (`OTHER/teacher`), its "
-                            "`checkpoints/` or one `checkpoints/<step>/`; `''` trains it in "
+                            "`checkpoints/` or one `checkpoints/<step>/`, or a Hugging Face "
+                            "model directory (`kdjax.models.from_hf`); `''` trains it in "
                             "`WORKDIR/teacher`")
   optimizer: Optimizer = section(Optimizer)
 

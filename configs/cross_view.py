@@ -26,22 +26,13 @@ def get_config():
   config.data.degrade.downsample = 2
   config.data.degrade.mask_fraction = 0.25
 
-  config.teacher.model = "cnn_small"
-  config.teacher.total_steps = 400
-  config.teacher.optimizer.learning_rate = 0.2
+  common.teacher(config, "cnn_small", total_steps=400, learning_rate=0.2)
   config.teacher.input_key = "image"
 
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
   config.student.input_key = data.DEGRADED_KEY
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.1},
-      "kd": {"kind": "kd", "weight": 0.9, "temperature": 2.0},
-  }
+  common.momentum_cosine(config, learning_rate=0.05, weight_decay=1e-4)
+  config.objective = common.ce_and_kd(0.1, 0.9, temperature=2.0)
   return config

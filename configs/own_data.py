@@ -38,22 +38,12 @@ def get_config(data: str | None = None):
     config.data.name = data
   config.data.eval_batch_size = 1000
 
-  config.teacher.model = "mlp"
-  config.teacher.model_kwargs = {"hidden": (1200, 1200), "dropout_rate": 0.3}
-  config.teacher.total_steps = 1500
-  config.teacher.optimizer.learning_rate = 0.1
+  common.teacher(config, "mlp", total_steps=1500, learning_rate=0.1,
+                 model_kwargs={"hidden": (1200, 1200), "dropout_rate": 0.3})
 
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
 
-  config.optimizer.name = "momentum"
-  config.optimizer.momentum = 0.9
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.1},
-      "kd": {"kind": "kd", "weight": 0.9, "temperature": 4.0},
-  }
+  common.momentum_cosine(config, learning_rate=0.05, weight_decay=1e-4)
+  config.objective = common.ce_and_kd(0.1, 0.9, temperature=4.0)
   return config

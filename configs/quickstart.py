@@ -15,22 +15,13 @@ def get_config():
   config = common.digits(batch_size=64, total_steps=500, eval_every=100, checkpoint_every=100)
   config.seed = 0
 
-  config.teacher.model = "cnn_small"
-  config.teacher.total_steps = 400
-  # 0.2 rather than 0.05: the same 400 steps then also train the teacher well past 90% on real
-  # MNIST (--config.data.name=idx:<dir>), where 0.05 stops short (89%).
-  config.teacher.optimizer.learning_rate = 0.2
+  # Rate 0.2 rather than 0.05: the same 400 steps then also train the teacher well past 90% on
+  # real MNIST (--config.data.name=idx:<dir>), where 0.05 stops short (89%).
+  common.teacher(config, "cnn_small", total_steps=400, learning_rate=0.2)
 
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (8,)}
 
-  config.optimizer.name = "momentum"
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "cosine"
-
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.1},
-      "kd": {"kind": "kd", "weight": 0.9, "temperature": 2.0},
-  }
+  common.momentum_cosine(config, learning_rate=0.05, weight_decay=1e-4)
+  config.objective = common.ce_and_kd(0.1, 0.9, temperature=2.0)
   return config

@@ -223,25 +223,23 @@ def _check_output(out):
   fmt = {} if step is None else {"step": step}
   names = sorted(k for k in metrics if k != "loss") + (["loss"] if "loss" in metrics else [])
   for name in names:
-    value = metrics[name]
-    if not _is_float(value):
-      continue
-    checkify.check(
-        jnp.all(jnp.isfinite(value)),
-        f"the step's {name!r} is not finite{at}; with finite inputs and labels in range this "
-        "means the training diverged: lower the learning rate or clip gradients "
-        "(optimizer.grad_clip_norm)", **fmt)
+    _check_finite(metrics[name], f"the step's {name!r} is not finite{at}; with finite inputs and "
+                  "labels in range this means the training diverged: ", fmt)
   params = getattr(new_state, "params", None)
   if params is None:
     return
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if not _is_float(leaf):
-      continue
-    checkify.check(
-        jnp.all(jnp.isfinite(leaf)),
-        f"the update made params{jax.tree_util.keystr(path)} non-finite{at}: the gradients or "
-        "the optimizer's update were NaN or inf; lower the learning rate or clip gradients "
-        "(optimizer.grad_clip_norm)", **fmt)
+    _check_finite(leaf, f"the update made params{jax.tree_util.keystr(path)} non-finite{at}: the "
+                  "gradients or the optimizer's update were NaN or inf; ", fmt)
+
+
+def _check_finite(value, cause: str, fmt: dict) -> None:
+  """A checkify check that a float ``value`` is finite everywhere (other dtypes pass), failing
+  with ``cause`` followed by the fix."""
+  if _is_float(value):
+    checkify.check(jnp.all(jnp.isfinite(value)),
+                   f"{cause}lower the learning rate or clip gradients (optimizer.grad_clip_norm)",
+                   **fmt)
 
 
 def _attach(out, error):

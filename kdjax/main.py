@@ -53,8 +53,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  # absl, ml_collections, the file itself.
-    from kdjax.train import describe  # pylint: disable=g-import-not-at-top
-    _fail(describe.describe_flags_error(e, argv, traceback.format_exc()),
+    from kdjax.train import config_errors  # pylint: disable=g-import-not-at-top
+    _fail(config_errors.describe_flags_error(e, argv, traceback.format_exc()),
           trace=bool({"--verbose", "--verbose=true"} & set(argv)))
 
 
@@ -66,8 +66,8 @@ def _load_config():
   try:
     config.keys()  # A file that failed to load gives a placeholder that raises on any access.
   except Exception as e:  # pylint: disable=broad-except
-    from kdjax.train import describe  # pylint: disable=g-import-not-at-top
-    _fail(describe.describe_config_file_error(e, sys.argv))
+    from kdjax.train import config_errors  # pylint: disable=g-import-not-at-top
+    _fail(config_errors.describe_config_file_error(e, sys.argv))
   return config
 
 
@@ -111,9 +111,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   _initialize_distributed()
   from kdjax import train, workdir  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from kdjax.train import describe, smoke  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from kdjax.train import describe, quiet, smoke  # pylint: disable=g-import-not-at-top,g-multiple-import
   if not _VERBOSE.value:
-    describe.quiet_background_tracebacks()
+    quiet.quiet_background_tracebacks()
   try:
     config = smoke.smoke_config(config) if _SMOKE.value else config
     results = train.train_and_evaluate(config, _WORKDIR.value)

@@ -9,33 +9,18 @@ Runs: ``teacher`` (a 3-layer Transformer LM, d_model 128), ``student`` (1 layer,
 next-token cross-entropy alone) and ``student_kd`` (0.5 CE + 0.5 token KD at T = 1, the teacher
 run inside the step). Each reports validation ``perplexity`` and token ``accuracy``.
 """
-from kdjax.train import base_config
+from kdjax.configs import common
 
 
 def get_config():
-  config = base_config()
-  config.data.name = "text:stdlib"
-  config.data.sequence_length = 64
-  config.data.eval_batch_size = 128
-  config.batch_size = 32
-  config.total_steps = 300
-  config.log_every = 25
-  config.eval_every = 150
-  config.checkpoint_every = 150
+  config = common.text_lm(sequence_length=64, total_steps=300)
   lm = {"n_heads": 4, "max_len": 64, "dropout_rate": 0.0}
   config.teacher.model = "transformer_lm"
   config.teacher.model_kwargs = {"d_model": 128, "n_layers": 3, **lm}
   config.teacher.total_steps = 600
   config.student.model = "transformer_lm"
   config.student.model_kwargs = {"d_model": 64, "n_layers": 1, **lm}
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.b2 = 0.98
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.warmup_steps = 30
+  common.adamw_warmup(config.optimizer, warmup_steps=30)
   config.teacher.optimizer.warmup_steps = 60
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.5, "label_key": "targets"},
-      "kd": {"kind": "kd", "weight": 0.5, "temperature": 1.0},
-  }
+  config.objective = common.ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets")
   return config

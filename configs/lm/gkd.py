@@ -20,7 +20,7 @@ Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention). Runs:
 Each reports validation ``perplexity``; ``student_gkd/metrics.jsonl`` logs
 ``on_policy_fraction`` and ``generation_length``.
 """
-from kdjax.train import base_config
+from kdjax.configs import common
 
 SEQUENCE_LENGTH = 32
 ROPE_AND_NORM = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5}
@@ -32,15 +32,8 @@ def _decoder(hidden: int, layers: int) -> dict:
 
 
 def get_config():
-  config = base_config()
-  config.data.name = "text:stdlib"
-  config.data.sequence_length = SEQUENCE_LENGTH
-  config.data.eval_batch_size = 256
-  config.batch_size = 32
-  config.total_steps = 300
-  config.log_every = 10
-  config.eval_every = 300
-  config.checkpoint_every = 150
+  config = common.text_lm(sequence_length=SEQUENCE_LENGTH, eval_batch_size=256, total_steps=300,
+                          log_every=10, eval_every=300, checkpoint_every=150)
   config.checked_steps = 0
   config.teacher.model = "decoder"
   config.teacher.model_kwargs = _decoder(128, 2)
@@ -48,15 +41,8 @@ def get_config():
   config.student.model = "decoder"
   config.student.model_kwargs = _decoder(48, 1)
   for opt in (config.optimizer, config.teacher.optimizer):
-    opt.name = "adamw"
-    opt.learning_rate = 3e-3
-    opt.b2 = 0.98
-    opt.weight_decay = 0.01
-    opt.warmup_steps = 20
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.5, "label_key": "targets"},
-      "kd": {"kind": "kd", "weight": 0.5, "temperature": 1.0},
-  }
+    common.adamw_warmup(opt, warmup_steps=20)
+  config.objective = common.ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets")
   config.runs = (
       {"name": "teacher", "kind": "supervised", "model": "teacher"},
       {"name": "student", "kind": "supervised", "model": "student", "compare": "teacher"},

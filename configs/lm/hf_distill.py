@@ -23,30 +23,16 @@ Each run reports validation ``perplexity`` on the text's last 10%, tokenized by 
 """
 import os
 
-from kdjax.train import base_config
+from kdjax.configs import common
 
 
 def get_config(models_dir: str = "/tmp/kdjax_hf"):
-  config = base_config()
+  config = common.text_lm(sequence_length=64, total_steps=300)
   config.teacher.checkpoint = os.path.join(models_dir, "teacher")
   config.student.init = os.path.join(models_dir, "student")
-  config.data.name = "text:stdlib"
   config.data.tokenizer = config.teacher.get_ref("checkpoint")  # follows the teacher
-  config.data.sequence_length = 64
-  config.data.eval_batch_size = 128
-  config.batch_size = 32
-  config.total_steps = 300
-  config.log_every = 25
-  config.eval_every = 150
-  config.checkpoint_every = 150
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.b2 = 0.98
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.warmup_steps = 30
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.5, "label_key": "targets"},
-      "kd": {"kind": "kd", "weight": 0.5, "temperature": 1.0, "chunk_size": 256},
-  }
+  common.adamw_warmup(config.optimizer, warmup_steps=30)
+  config.objective = common.ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets",
+                                      chunk_size=256)
   config.export.formats = ("hf",)
   return config

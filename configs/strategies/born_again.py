@@ -17,12 +17,8 @@ def get_config():
   config = common.digits(batch_size=64, total_steps=500, eval_every=250, checkpoint_every=250)
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (32,)}
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.weight_decay = 1e-4
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.5},
-      "kd": {"kind": "kd", "weight": 0.5, "temperature": 2.0},
-  }
+  common.momentum_cosine(config, learning_rate=0.05, weight_decay=1e-4)
+  config.objective = common.ce_and_kd(0.5, 0.5, temperature=2.0)
   runs = [{"name": "gen_0", "kind": "supervised", "model": "student"}]
   for g in range(1, GENERATIONS):
     runs.append({"name": f"gen_{g}", "kind": "distill", "model": "student", "seed": g,

@@ -22,12 +22,8 @@ def get_config():
   }
   config.student.model = "mlp"
   config.student.model_kwargs = {"hidden": (8,)}
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.weight_decay = 1e-4
-  config.objective = {
-      "ce": {"kind": "cross_entropy", "weight": 0.1},
-      "kd": {"kind": "kd", "weight": 0.9, "temperature": 2.0},
-  }
+  common.momentum_cosine(config, learning_rate=0.05, weight_decay=1e-4)
+  config.objective = common.ce_and_kd(0.1, 0.9, temperature=2.0)
   config.runs = (
       {"name": "teacher", "kind": "supervised", "model": "teacher"},
       {"name": "teacher_b", "kind": "supervised", "model": "teacher_b", "steps": 400},

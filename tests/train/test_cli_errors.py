@@ -9,7 +9,9 @@ import time
 import pytest
 
 from kdjax import main
+from kdjax.train import config_errors
 from kdjax.train import describe
+from kdjax.train import quiet
 from kdjax import train
 from tests.train.conftest import TINY_CONFIG_FILE, cli
 
@@ -56,14 +58,14 @@ def test_config_type_error_names_key_value_and_types():
           '  File "/cfg/my_config.py", line 7, in get_config\n'
           "TypeError: Could not override field 'batch_size' (reference). 64 is of original type "
           "<class 'str'> and cannot be casted to type <class 'int'>")
-  assert describe.config_type_error(text, "/cfg/my_config.py") == (
+  assert config_errors.config_type_error(text, "/cfg/my_config.py") == (
       "--config=/cfg/my_config.py: config key 'batch_size' must be of type int, got '64' of type "
       "str (my_config.py, line 7); set it to an int value (e.g. no quotes around a number)")
-  assert describe.config_type_error("something else", "c.py") is None
+  assert config_errors.config_type_error("something else", "c.py") is None
 
 
 def test_log_records_lose_their_tracebacks():
-  one_line = describe._OneLine()  # pylint: disable=protected-access
+  one_line = quiet._OneLine()  # pylint: disable=protected-access
   try:
     raise ValueError("boom")
   except ValueError:
@@ -83,7 +85,7 @@ def test_log_records_lose_their_tracebacks():
 
 @pytest.fixture(name="run_main")
 def fixture_run_main(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(describe, "quiet_background_tracebacks", lambda: None)
+  monkeypatch.setattr(quiet, "quiet_background_tracebacks", lambda: None)
 
   def run(error, *flags):
     def fail(config, workdir):

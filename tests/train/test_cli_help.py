@@ -9,7 +9,7 @@ import pytest
 
 from kdjax import main
 from kdjax import train
-from kdjax.train import describe
+from kdjax.train import quiet
 from tests.train.conftest import REPO, TINY_CONFIG_FILE, cli_env
 
 
@@ -56,7 +56,7 @@ def test_the_subcommands_are_dispatched():
 
 
 def test_a_run_ends_with_the_results_and_the_next_command(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(describe, "quiet_background_tracebacks", lambda: None)
+  monkeypatch.setattr(quiet, "quiet_background_tracebacks", lambda: None)
   results = {"teacher": {"accuracy": 0.9, "model": "mlp"}}
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: results)
   workdir = str(tmp_path / "w")

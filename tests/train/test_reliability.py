@@ -30,6 +30,7 @@ from kdjax.train import execute
 from kdjax.train import inputs
 from kdjax.train import kinds
 from kdjax.train import pipeline
+from kdjax.train import quiet
 from kdjax.train import rundata
 from kdjax.train import writers
 from kdjax.train.actions import PreemptionWatch
@@ -192,7 +193,7 @@ def test_a_signal_while_a_failing_run_closes_stops_at_once():
 
 
 def test_background_checkpoint_failures_on_a_full_disk_stay_quiet():
-  one_line = describe._OneLine()  # pylint: disable=protected-access
+  one_line = quiet._OneLine()  # pylint: disable=protected-access
   try:
     try:
       raise OSError(errno.ENOSPC, "No space left on device", "/w/t/checkpoints/20/x")
@@ -211,7 +212,7 @@ def test_background_checkpoint_failures_on_a_full_disk_stay_quiet():
     assert not one_line.filter(commit)
     assert not one_line.filter(finalize) and not one_line.filter(loop)
   finally:
-    describe._OneLine.disk_full = False  # pylint: disable=protected-access
+    quiet._OneLine.disk_full = False  # pylint: disable=protected-access
   other = logging.LogRecord("absl", logging.ERROR, "/x/orbax/checkpoint/manager.py", 1,
                             "Save Finalize thread (save_finalize) failed.", (), None)
   assert one_line.filter(other)  # Without a full disk the record is kept (one line).
@@ -434,7 +435,8 @@ def test_a_cache_overwritten_with_same_shape_noise_is_never_used(tmp_path):
 
 def test_callbacks_into_a_closed_event_loop_stay_quiet():
   seen = []
-  hook = describe._quiet_callbacks(lambda *args: seen.append(args[1]))  # pylint: disable=protected-access
+  quiet_callbacks = quiet._quiet_callbacks  # pylint: disable=protected-access
+  hook = quiet_callbacks(lambda *args: seen.append(args[1]))
   hook(RuntimeError, RuntimeError("Event loop is closed"), None)  # A failed save's echo.
   assert not seen
   other = ValueError("something else")

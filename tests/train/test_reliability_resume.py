@@ -121,12 +121,17 @@ def test_a_disk_that_fills_during_training_stops_in_seconds(disk):
   assert "teacher" in train.read_results(workdir)
 
 
+def _cached_teacher_settings(cache_dir, steps):
+  """Teacher and student_kd of ``steps`` updates each, the teacher cached under ``cache_dir``."""
+  return {"compare_baseline": False, "total_steps": steps, "teacher.total_steps": steps,
+          "eval_every": 0, "checkpoint_every": steps, "logging.tensorboard": False,
+          "teacher_cache.enabled": True, "teacher_cache.replay_epochs": 1,
+          "teacher_cache.dir": cache_dir}
+
+
 def test_two_workdirs_sharing_a_teacher_cache_dir_keep_both_caches(tmp_path):
   shared = str(tmp_path / "caches")
-  settings = {"compare_baseline": False, "total_steps": 2, "teacher.total_steps": 2,
-              "eval_every": 0, "checkpoint_every": 2, "logging.tensorboard": False,
-              "teacher_cache.enabled": True, "teacher_cache.replay_epochs": 1,
-              "teacher_cache.dir": shared}
+  settings = _cached_teacher_settings(shared, steps=2)
   metas = {}
   for seed in (0, 1):  # Two teachers (other seeds), one cache directory.
     train.train_and_evaluate(tiny(seed=seed, **settings), str(tmp_path / f"w{seed}"))
@@ -146,10 +151,7 @@ def test_a_cache_overwritten_with_noise_is_refused_or_rebuilt_by_the_run(tmp_pat
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kdjax.train.errors import ConfigError  # pylint: disable=g-import-not-at-top
   shared = str(tmp_path / "caches")
-  settings = {"compare_baseline": False, "total_steps": 4, "teacher.total_steps": 4,
-              "eval_every": 0, "checkpoint_every": 4, "logging.tensorboard": False,
-              "teacher_cache.enabled": True, "teacher_cache.replay_epochs": 1,
-              "teacher_cache.dir": shared}
+  settings = _cached_teacher_settings(shared, steps=4)
   first = train.train_and_evaluate(tiny(**settings), str(tmp_path / "w0"))
   (key,) = os.listdir(os.path.join(shared, "teacher"))
   values = os.path.join(shared, "teacher", key, "values.npy")

@@ -16,6 +16,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY_CONFIG_FILE = os.path.join(REPO, "tests", "train", "tiny_config.py")
 
 
+@pytest.fixture(autouse=True)
+def _no_full_disk_left_over():
+  """``kdjax.train.quiet`` remembers a full disk for the rest of the process (a CLI run ends
+  there); a test that shows it one must not change what the next test in the worker sees."""
+  yield
+  from kdjax.train import quiet  # pylint: disable=g-import-not-at-top
+  quiet._OneLine.disk_full = False  # pylint: disable=protected-access
+
+
 def tiny(**overrides):
   """The tiny pipeline config with dotted-key overrides, e.g. ``tiny(**{'optimizer.name': 'sgd'})``."""
   return helpers.with_overrides(tiny_config.get_config(), overrides)

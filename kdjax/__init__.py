@@ -10,6 +10,7 @@ Every subpackage is an attribute of ``kdjax``: the core (``losses``, ``objective
 """
 import importlib as _importlib
 
+from kdjax import _native_stderr  # noqa: F401  (first: `import jax` without CUDA-stub noise)
 from kdjax import losses
 from kdjax import models
 from kdjax import objectives

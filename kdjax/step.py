@@ -141,7 +141,10 @@ class DistillState:
       t_out, _ = jax.eval_shape(
           lambda p, s, x: teacher.apply(p, s, x, train=False, rng=None), teacher.params,
           teacher.model_state, example_batch[teacher_key])
-      if s_out.logits.shape[-1] != t_out.logits.shape[-1]:
+      # A teacher that predicts other positions (another tokenization of the same text) has
+      # its own vocabulary: its terms align the two (kdjax.lm.cross_tokenizer_term).
+      if (s_out.logits.shape[:-1] == t_out.logits.shape[:-1] and
+          s_out.logits.shape[-1] != t_out.logits.shape[-1]):
         raise ValueError(
             f"teacher logits have {t_out.logits.shape[-1]} classes but the student has "
             f"{s_out.logits.shape[-1]}; build both models with the same num_classes "
@@ -294,7 +297,8 @@ def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
 
 def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
                   label_key: str) -> dict[str, jax.Array]:
-  """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher) of a batch.
+  """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher that
+  predicts the same positions) of a batch.
 
   Both are :func:`kdjax.losses.masked_mean` over the examples (or tokens) ``batch['mask']``
   keeps. The mask must have the batch's leading shape, ``logits.shape[:-1]`` (``[B]``, or
@@ -307,7 +311,7 @@ def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
   labels = batch.get(label_key)
   if labels is not None and labels.shape == pred.shape:
     metrics["accuracy"] = losses.masked_mean(pred == labels, mask)
-  if teacher_out is not None:
+  if teacher_out is not None and teacher_out.logits.shape[:-1] == pred.shape:
     metrics["agreement"] = losses.masked_mean(pred == jnp.argmax(teacher_out.logits, axis=-1),
                                               mask)
   return metrics
@@ -423,8 +427,8 @@ def eval_step(state: DistillState, batch: Batch, *,
   calibration, perplexity): ``prediction`` (student argmax), ``confidence`` (student max
   probability), ``nll`` (the label's negative log-likelihood),
   ``top5`` (whether the label is in the student's top 5; only with >= 5 classes),
-  ``correct`` and, with a teacher, ``teacher_prediction`` and ``agreement``. ``batch['mask']``
-  (when present) is passed through as ``mask``.
+  ``correct`` and, with a teacher of the same positions, ``teacher_prediction`` and
+  ``agreement``. ``batch['mask']`` (when present) is passed through as ``mask``.
   """
   del axis_name  # Per-example outputs need no collective.
   _check_batch(state, batch, objective=False)
@@ -446,7 +450,7 @@ def eval_step(state: DistillState, batch: Batch, *,
       _, top5 = jax.lax.top_k(logits, 5)
       result["top5"] = jnp.any(top5 == labels[..., None], axis=-1)
   teacher_out = teacher_forward(state, _teacher_inputs(state, batch, inputs, None))
-  if teacher_out is not None:
+  if teacher_out is not None and teacher_out.logits.shape[:-1] == logits.shape[:-1]:
     result["teacher_prediction"] = jnp.argmax(teacher_out.logits, axis=-1)
     result["agreement"] = result["prediction"] == result["teacher_prediction"]
   if "mask" in batch:

@@ -8,6 +8,8 @@ WORKDIR/
   <run>/metrics.jsonl          one JSON object per record: {"step": int, "loss": float, ...}
   <run>/events.*               TensorBoard
   <run>/inputs.json            what the run started from: config, data fingerprint, teachers
+  <run>/predictions.npz        the final model's predictions on the evaluation split, for
+                               ``kdjax report``'s panels (:mod:`kdjax.train.predictions`)
   teacher_cache/<run>/<key>/   a teacher cache, keyed by its fingerprint (when
                                ``config.teacher_cache.dir`` is empty)
   export/                      exported models and their manifest.json (the ``export`` run)
@@ -26,26 +28,28 @@ from typing import Any, Mapping
 
 __all__ = [
     "CHECKPOINTS", "CONFIG_FILE", "EXPORT_DIR", "INPUTS_FILE", "LOWER_IS_BETTER", "METRICS",
-    "METRICS_FILE", "RESULTS_FILE", "TEACHER_CACHE_DIR", "UnreadableFile", "checkpoint_dir",
-    "distillation_gains",
-    "inputs_path", "is_main", "metrics_path", "read_config", "read_json", "read_metrics",
-    "read_results", "result_rows", "run_dir", "sync", "weak_teachers", "write_json",
+    "METRICS_FILE", "PREDICTIONS_FILE", "RESULTS_FILE", "TEACHER_CACHE_DIR", "UnreadableFile", "checkpoint_dir",
+    "distillation_gains", "headline_metric",
+    "inputs_path", "is_main", "metrics_path", "predictions_path", "read_config", "read_json",
+    "read_metrics", "read_predictions", "read_results", "result_rows", "run_dir", "sync", "weak_teachers", "write_json",
 ]
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 INPUTS_FILE = "inputs.json"
+PREDICTIONS_FILE = "predictions.npz"
 CHECKPOINTS = "checkpoints"
 EXPORT_DIR = "export"
 TEACHER_CACHE_DIR = "teacher_cache"
 
 # The evaluation metrics a results entry may hold, in the order tables show them (a table shows
 # those that at least one entry has).
-METRICS = ("miou", "map50", "map", "accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity", "old_accuracy",
-           "new_accuracy", "ptq_accuracy", "sparsity", "max_abs_diff")
+METRICS = ("miou", "map50", "map", "accuracy", "top5", "macro_f1", "ece", "agreement", "perplexity",
+           "bits_per_byte", "old_accuracy", "new_accuracy", "ptq_accuracy", "sparsity",
+           "max_abs_diff")
 # Metrics where lower is better: a gain in them is the baseline's value minus the run's.
-LOWER_IS_BETTER = ("perplexity", "ece", "max_abs_diff")
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "ece", "max_abs_diff")
 
 
 class UnreadableFile(ValueError):
@@ -67,6 +71,27 @@ def metrics_path(workdir: str | os.PathLike, run: str) -> str:
 def inputs_path(workdir: str | os.PathLike, run: str) -> str:
   """``WORKDIR/<run>/inputs.json``: the inputs a run started from (config, data, teachers)."""
   return os.path.join(os.fspath(workdir), run, INPUTS_FILE)
+
+
+def predictions_path(workdir: str | os.PathLike, run: str) -> str:
+  """``WORKDIR/<run>/predictions.npz``: the run's final predictions on the evaluation split."""
+  return os.path.join(os.fspath(workdir), run, PREDICTIONS_FILE)
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The arrays of a ``predictions.npz`` (``{name: numpy array}``); ``None`` when there is none.
+
+  Raises:
+    UnreadableFile: the file exists but is not a readable ``.npz``.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(os.fspath(path), allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, EOFError) as e:
+    raise UnreadableFile(f"cannot read {os.fspath(path)}: {e}") from e
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -127,6 +152,16 @@ def result_rows(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Map
   return rows
 
 
+def headline_metric(metrics: Mapping[str, Any]) -> str:
+  """The metric a run is judged by, of those in ``metrics`` (an evaluation or a results entry).
+
+  ``perplexity`` for language models, ``miou`` for segmentation, COCO ``map`` for detection,
+  else ``accuracy``; lower is better for those in :data:`LOWER_IS_BETTER`. The distillation gain
+  and the best checkpoint a run keeps (``kdjax.train.checkpoint``) follow it.
+  """
+  return next((k for k in ("perplexity", "miou", "map") if k in metrics), "accuracy")
+
+
 def distillation_gains(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str,
                                                                                 float]]:
   """``[(run, baseline, metric, gain)]`` for each run whose entry names its ``baseline``: the
@@ -138,7 +173,7 @@ def distillation_gains(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[s
     base = results.get(entry.get("baseline", ""))
     if base is None:
       continue
-    key = next((k for k in ("perplexity", "miou", "map") if k in entry), "accuracy")
+    key = headline_metric(entry)
     if key in entry and key in base:
       gain = base[key] - entry[key] if key in LOWER_IS_BETTER else entry[key] - base[key]
       gains.append((run, entry["baseline"], key, gain))

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "kdjax"
 
 # Each top-level module or package of kdjax, by layer (lowest first).
 LAYERS = (
-    ("losses", "data", "metrics", "workdir", "_checkpointable"),
+    ("losses", "data", "metrics", "workdir", "_checkpointable", "_native_stderr"),
     ("objectives", "models"),
     ("step", "_checked", "testing"),
     ("parallel", "strategies", "lm", "compress", "teacher_cache"),

@@ -5,7 +5,8 @@ metrics, COCO ``map`` and ``map50`` from pycocotools) follows from the dataset's
 
   python -m kdjax.main --config=configs/detection/digits.py --workdir=/tmp/kdjax_det
 
-The boxes do not move with crops or flips, so this config trains without augmentation.
+The boxes do not move with crops or flips, so this config trains without augmentation. Measured
+results: docs/dense.md.
 """
 from kdjax.configs import common
 

@@ -13,14 +13,4 @@ from kdjax.configs import common
 
 
 def get_config():
-  config = common.text_lm(sequence_length=64, total_steps=300)
-  lm = {"n_heads": 4, "max_len": 64, "dropout_rate": 0.0}
-  config.teacher.model = "transformer_lm"
-  config.teacher.model_kwargs = {"d_model": 128, "n_layers": 3, **lm}
-  config.teacher.total_steps = 600
-  config.student.model = "transformer_lm"
-  config.student.model_kwargs = {"d_model": 64, "n_layers": 1, **lm}
-  common.adamw_warmup(config.optimizer, warmup_steps=30)
-  config.teacher.optimizer.warmup_steps = 60
-  config.objective = common.ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets")
-  return config
+  return common.text_lm_kd()

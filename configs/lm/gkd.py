@@ -23,25 +23,10 @@ Each reports validation ``perplexity``; ``student_gkd/metrics.jsonl`` logs
 from kdjax.configs import common
 
 SEQUENCE_LENGTH = 32
-ROPE_AND_NORM = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5}
-
-
-def _decoder(hidden: int, layers: int) -> dict:
-  return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_layers": layers,
-          "num_heads": 4, "num_kv_heads": 2, "head_dim": hidden // 4, **ROPE_AND_NORM}
 
 
 def get_config():
-  config = common.text_lm(sequence_length=SEQUENCE_LENGTH, eval_batch_size=256, total_steps=300,
-                          log_every=10, eval_every=300, checkpoint_every=150)
-  config.checked_steps = 0
-  config.teacher.model = "decoder"
-  config.teacher.model_kwargs = _decoder(128, 2)
-  config.teacher.total_steps = 800
-  config.student.model = "decoder"
-  config.student.model_kwargs = _decoder(48, 1)
-  for opt in (config.optimizer, config.teacher.optimizer):
-    common.adamw_warmup(opt, warmup_steps=20)
+  config = common.text_decoders(SEQUENCE_LENGTH)
   config.objective = common.ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets")
   config.runs = (
       {"name": "teacher", "kind": "supervised", "model": "teacher"},

@@ -13,8 +13,9 @@ import ml_collections
 
 from kdjax.train import base_config
 
-__all__ = ["adam", "adamw_cosine", "adamw_warmup", "ce_and_kd", "digit_canvases", "digits",
-           "momentum_cosine", "on_dataset", "teacher", "text_lm"]
+__all__ = ["adam", "adamw_cosine", "adamw_warmup", "ce_and_kd", "decoder_kwargs",
+           "digit_canvases", "digits", "momentum_cosine", "on_dataset", "teacher", "text_lm",
+           "text_decoders", "text_lm_kd", "transformer_lm_kwargs"]
 
 
 def on_dataset(name: str, *, eval_batch_size: int, batch_size: int, total_steps: int,
@@ -52,6 +53,59 @@ def text_lm(*, sequence_length: int = 64, eval_batch_size: int = 128, batch_size
                       total_steps=total_steps, log_every=log_every, eval_every=eval_every,
                       checkpoint_every=checkpoint_every)
   config.data.sequence_length = sequence_length
+  return config
+
+
+def transformer_lm_kwargs(d_model: int, n_layers: int, *,
+                          max_len: int = 64) -> dict[str, Any]:
+  """The ``model_kwargs`` of the zoo's ``transformer_lm`` on the bundled text: width
+  ``d_model``, ``n_layers`` blocks of 4 heads, positions up to ``max_len``, no dropout."""
+  return {"d_model": d_model, "n_layers": n_layers, "n_heads": 4, "max_len": max_len,
+          "dropout_rate": 0.0}
+
+
+def decoder_kwargs(hidden: int, layers: int) -> dict[str, Any]:
+  """The ``model_kwargs`` of a small zoo ``decoder`` (Llama-style): width ``hidden``, an MLP of
+  ``2 * hidden``, ``layers`` blocks of 4 query heads of ``hidden // 4`` sharing 2 key/value
+  heads, RoPE base 10000 and RMSNorm epsilon 1e-5."""
+  return {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_layers": layers,
+          "num_heads": 4, "num_kv_heads": 2, "head_dim": hidden // 4, "rope_theta": 10000.0,
+          "rms_norm_eps": 1e-5}
+
+
+def text_decoders(sequence_length: int) -> ml_collections.ConfigDict:
+  """The bundled text in rows of ``sequence_length`` tokens with two zoo decoders
+  (:func:`decoder_kwargs`): a teacher of 2 layers, hidden 128 (800 steps) and a student of 1
+  layer, hidden 48 (300 steps), both on :func:`adamw_warmup` with 20 warmup steps; logs every
+  10 steps, evaluates 256 rows at a time every 300, checkpoints every 150, no checked steps.
+  The objective and ``config.runs`` are the caller's."""
+  config = text_lm(sequence_length=sequence_length, eval_batch_size=256, total_steps=300,
+                   log_every=10, eval_every=300, checkpoint_every=150)
+  config.checked_steps = 0
+  config.teacher.model = "decoder"
+  config.teacher.model_kwargs = decoder_kwargs(128, 2)
+  config.teacher.total_steps = 800
+  config.student.model = "decoder"
+  config.student.model_kwargs = decoder_kwargs(48, 1)
+  for opt in (config.optimizer, config.teacher.optimizer):
+    adamw_warmup(opt, warmup_steps=20)
+  return config
+
+
+def text_lm_kd() -> ml_collections.ConfigDict:
+  """Token-level KD on the bundled text (rows of 64 tokens): a ``transformer_lm`` teacher of 3
+  layers, d_model 128 (600 steps, 60 warmup steps) and student of 1 layer, d_model 64 (300
+  steps, 30 warmup steps), both on :func:`adamw_warmup`; the objective 0.5 CE + 0.5 KD at
+  T = 1. ``config.runs`` stays the base config's (a caller may set its own)."""
+  config = text_lm(sequence_length=64, total_steps=300)
+  config.teacher.model = "transformer_lm"
+  config.teacher.model_kwargs = transformer_lm_kwargs(128, 3)
+  config.teacher.total_steps = 600
+  config.student.model = "transformer_lm"
+  config.student.model_kwargs = transformer_lm_kwargs(64, 1)
+  adamw_warmup(config.optimizer, warmup_steps=30)
+  config.teacher.optimizer.warmup_steps = 60
+  config.objective = ce_and_kd(0.5, 0.5, temperature=1.0, label_key="targets")
   return config
 
 

@@ -22,7 +22,8 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 def inference_fn(model: Model, *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> Callable[[jax.Array], jax.Array]:
+                 std: Sequence[float] | None = None,
+                 outputs: Sequence[str] = ()) -> Callable[[jax.Array], Any]:
   """``images -> logits``: the model in inference mode, its variables baked in as constants.
 
   ``images`` are what :func:`kdjax.data.make_eval_batches` yields as ``'image'`` (float32
@@ -31,11 +32,22 @@ def inference_fn(model: Model, *, mean: Sequence[float] | None = None,
   the standardization ``(x - mean) / std`` becomes part of the function, so the exported
   artifact takes raw images.
 
+  ``outputs``: feature taps of ``model`` returned after the logits, e.g. ``('box_logits',)`` for
+  a point detector, whose boxes need its second head (``model`` must tap them). The artifact
+  then holds the raw heads; decoding them (peaks, boxes) stays outside it.
+
   Returns:
-    A function from float32 ``[B, *input_shape]`` to float32 logits ``[B, num_classes]``.
+    A function from float32 ``[B, *input_shape]`` to float32 logits (``[B, num_classes]``, or
+    ``[B, H, W, num_classes]`` for a dense model); with ``outputs``, a tuple of the logits and
+    each tapped feature (float32).
   """
   if (mean is None) != (std is None):
     raise ValueError("pass both mean and std (the dataset's info.mean / info.std) or neither")
+  outputs = tuple(outputs)
+  missing = [name for name in outputs if name not in model.taps]
+  if missing:
+    raise ValueError(f"outputs {missing} are not taps of the model (it taps "
+                     f"{list(model.taps)}); build it with taps={outputs}")
   shift = None if mean is None else np.asarray(mean, np.float32)
   scale = None if std is None else np.asarray(std, np.float32)
   params, model_state = model.params, model.model_state
@@ -46,7 +58,10 @@ def inference_fn(model: Model, *, mean: Sequence[float] | None = None,
       channels = (1,) * (x.ndim - 1) + (-1,)  # per-channel statistics, channels last
       x = (x - shift.reshape(channels)) / scale.reshape(channels)
     out, _ = model.apply(params, model_state, x, train=False, rng=None)
-    return out.logits.astype(jnp.float32)
+    logits = out.logits.astype(jnp.float32)
+    if not outputs:
+      return logits
+    return (logits, *(out.features[name].astype(jnp.float32) for name in outputs))
 
   return fn
 
@@ -208,22 +223,27 @@ def _primitive_fn(fn: Callable, spec: jax.ShapeDtypeStruct) -> Callable:
   parameters, never see the model. The result must be traced with this very ``spec`` (its
   symbolic batch dimension is the one the jaxpr's shapes refer to).
   """
-  closed = jax.make_jaxpr(fn)(spec)
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(spec)
+  single = not isinstance(shapes, (tuple, list))  # One array, or a tuple of outputs.
 
   def primitive_fn(images):
-    return _eval_jaxpr(closed.jaxpr, closed.consts, images)[0]
+    outs = _eval_jaxpr(closed.jaxpr, closed.consts, images)
+    return outs[0] if single else tuple(outs)
 
   return primitive_fn
 
 
 def export_onnx(fn: Callable, input_shape: Sequence[int], path: str | os.PathLike, *,
                 batch_size: int | None = None, opset: int = ONNX_OPSET,
-                model_name: str = "kdjax_model") -> pathlib.Path:
+                model_name: str = "kdjax_model",
+                output_names: Sequence[str] = (OUTPUT_NAME,)) -> pathlib.Path:
   """Converts ``fn`` to ONNX with jax2onnx and writes it to ``path``.
 
   Input ``'image'`` float32 ``[B, *input_shape]``, output ``'logits'`` float32
-  ``[B, num_classes]``; ``B`` is the symbolic dimension ``'B'`` when ``batch_size`` is None.
-  Quantized weights are stored as int8 initializers and dequantized in the graph.
+  ``[B, num_classes]`` (``[B, H, W, num_classes]`` for a dense model) followed by the tapped
+  ``outputs`` of :func:`inference_fn`, named by ``output_names``; ``B`` is the symbolic
+  dimension ``'B'`` when ``batch_size`` is None. Quantized weights are stored as int8
+  initializers and dequantized in the graph.
 
   Args:
     fn: from :func:`inference_fn`.
@@ -232,6 +252,8 @@ def export_onnx(fn: Callable, input_shape: Sequence[int], path: str | os.PathLik
     batch_size: None (symbolic) or a fixed batch size.
     opset: the ONNX opset (21 by default; see docs/deploy.md for the operators the zoo uses).
     model_name: the graph's name.
+    output_names: one name per output of ``fn`` (``('logits', 'box_logits')`` for a detector
+      exported with ``outputs=('box_logits',)``).
 
   Returns:
     ``path``.
@@ -242,7 +264,7 @@ def export_onnx(fn: Callable, input_shape: Sequence[int], path: str | os.PathLik
   spec = input_spec(input_shape, batch_size)
   proto = jax2onnx.to_onnx(_primitive_fn(fn, spec), inputs=[spec],
                            opset=opset, model_name=model_name, input_names=[INPUT_NAME],
-                           output_names=[OUTPUT_NAME])
+                           output_names=list(output_names))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   onnx.save_model(proto, str(path))

@@ -16,7 +16,8 @@ def export_model(model: Model, *, name: str, export_dir: str | pathlib.Path,
                  formats: Sequence[str] = FORMATS, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, batch_size: int | None = None,
                  opset: int = _artifacts.ONNX_OPSET,
-                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                 class_names: Sequence[str] | None = None,
+                 outputs: Sequence[str] = ()) -> dict[str, Any]:
   """Writes ``export_dir/<name>.stablehlo`` and/or ``<name>.onnx``, verifies them on ``batches``
   and records the run in ``export_dir/manifest.json``.
 
@@ -37,24 +38,30 @@ def export_model(model: Model, *, name: str, export_dir: str | pathlib.Path,
     class_names: the name of each output index (``dataset.info.class_names``), recorded in the
       manifest as ``class_names`` (``null`` when the dataset has none) so a deployment can
       label its predictions.
+    outputs: feature taps written as outputs after ``'logits'`` (:func:`inference_fn`), e.g.
+      ``('box_logits',)`` for a point detector: the raw heads, decoded outside the artifact.
 
   Returns:
-    The manifest entry (:func:`manifest_entry`, plus ``class_names``).
+    The manifest entry (:func:`manifest_entry`, plus ``class_names`` and ``outputs``: the
+    artifact's output names in order).
   """
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     raise ValueError(f"export formats {list(formats)} must be a non-empty subset of {FORMATS}")
   export_dir = pathlib.Path(export_dir)
-  fn = _artifacts.inference_fn(model, mean=mean, std=std)
+  fn = _artifacts.inference_fn(model, mean=mean, std=std, outputs=outputs)
+  output_names = (_artifacts.OUTPUT_NAME, *outputs)
   paths = {}
   if "stablehlo" in formats:
     paths["stablehlo"] = _artifacts.export_stablehlo(
         fn, input_shape, export_dir / f"{name}.stablehlo", batch_size=batch_size)
   if "onnx" in formats:
     paths["onnx"] = _artifacts.export_onnx(fn, input_shape, export_dir / f"{name}.onnx",
-                                           batch_size=batch_size, opset=opset, model_name=name)
+                                           batch_size=batch_size, opset=opset, model_name=name,
+                                           output_names=output_names)
   report = _verify.verify(fn, batches, **paths)
   entry = _verify.manifest_entry(report, input_shape=input_shape, batch_size=batch_size)
   entry["class_names"] = None if class_names is None else [str(n) for n in class_names]
+  entry["outputs"] = list(output_names)
   _verify.write_manifest(export_dir, {name: entry})
   return entry

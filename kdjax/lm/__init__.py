@@ -25,7 +25,8 @@ masked by padding and reduced as a token-weighted mean.
   :func:`align_spans`, :func:`cross_tokenizer_windows`, :func:`gather_positions`,
   :func:`cross_tokenizer_losses`, :func:`cross_tokenizer_term`.
 * Sampled offline targets: :func:`sample_teacher_targets`, :func:`sampled_kd_term`; several
-  teachers: :func:`route_teachers`.
+  teachers, one per example: :func:`routed_teacher`, :func:`route_teachers`,
+  :func:`check_teacher_ids`.
 * On-policy distillation (GKD): :class:`OnPolicyConfig`, :func:`generalized_jsd_term`,
   :func:`on_policy_keys`, :func:`on_policy_batch`, :func:`on_policy_step` (the ``on_policy``
   run kind, ``configs/lm/gkd.py``).
@@ -62,19 +63,26 @@ from kdjax.lm._terms import token_kd_term
 from kdjax.lm._terms import token_mask
 from kdjax.lm._terms import token_reverse_kd_term
 from kdjax.lm._terms import uniform_layer_map
+from kdjax.lm._cross_tokenizer import CROSS_TOKENIZER_LOSSES
+from kdjax.lm._cross_tokenizer import TEACHER_TOKENS_KEY
 from kdjax.lm._cross_tokenizer import align_spans
 from kdjax.lm._cross_tokenizer import cross_tokenizer_losses
 from kdjax.lm._cross_tokenizer import cross_tokenizer_term
 from kdjax.lm._cross_tokenizer import cross_tokenizer_windows
 from kdjax.lm._cross_tokenizer import gather_positions
+from kdjax.lm._metrics import TARGET_BYTES_KEY
 from kdjax.lm._metrics import bits_per_byte
 from kdjax.lm._on_policy import OnPolicyConfig
 from kdjax.lm._on_policy import generalized_jsd_term
 from kdjax.lm._on_policy import on_policy_batch
 from kdjax.lm._on_policy import on_policy_keys
 from kdjax.lm._on_policy import on_policy_step
+from kdjax.lm._routing import ROUTED_INPUTS_KEY
 from kdjax.lm._routing import TEACHER_ID_KEY
+from kdjax.lm._routing import check_teacher_ids
 from kdjax.lm._routing import route_teachers
+from kdjax.lm._routing import routed_teacher
+from kdjax.lm._sampled_targets import SAMPLED_WEIGHTINGS
 from kdjax.lm._sampled_targets import sample_teacher_targets
 from kdjax.lm._sampled_targets import sampled_kd_term
 from kdjax.lm._tokenizers import BpeTokenizer
@@ -90,6 +98,7 @@ __all__ = [
     "pack_sequences",
     "prefill",
     "sample_logits",
+    "SAMPLED_WEIGHTINGS",
     "TOPK_INDICES_KEY",
     "TOPK_VALUES_KEY",
     "TeacherCache",
@@ -114,19 +123,25 @@ __all__ = [
     "token_mask",
     "token_reverse_kd_term",
     "uniform_layer_map",
+    "CROSS_TOKENIZER_LOSSES",
+    "TEACHER_TOKENS_KEY",
     "align_spans",
     "cross_tokenizer_losses",
     "cross_tokenizer_term",
     "cross_tokenizer_windows",
     "gather_positions",
+    "TARGET_BYTES_KEY",
     "bits_per_byte",
     "OnPolicyConfig",
     "generalized_jsd_term",
     "on_policy_batch",
     "on_policy_keys",
     "on_policy_step",
+    "ROUTED_INPUTS_KEY",
     "TEACHER_ID_KEY",
+    "check_teacher_ids",
     "route_teachers",
+    "routed_teacher",
     "sample_teacher_targets",
     "sampled_kd_term",
     "BpeTokenizer",

@@ -7,6 +7,10 @@ window cost 4 KiB). :meth:`TeacherCache.attach` adds them to the dataset's array
 slices them with the tokens, and :meth:`TeacherCache.term` (a
 :func:`~kdjax.lm.cached_sparse_kd_term`) reads them from the batch, with ``teacher=None`` in the
 :class:`~kdjax.DistillState`.
+
+This is the in-memory form for a script's own loop. On disk, resumable and fingerprinted with the
+teacher, tokenizer and rows (top-k or sampled targets, what ``config.teacher_cache`` of a run
+builds), see :func:`kdjax.teacher_cache.build_token_cache`.
 """
 from __future__ import annotations
 

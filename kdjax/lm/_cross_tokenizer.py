@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax import losses
+from kdjax.lm._metrics import TARGET_BYTES_KEY
 from kdjax.lm._tokenizers import Encoding
 from kdjax.objectives import Needs, Term
 
 # Batch keys of a cross-tokenizer window set, besides the student's 'tokens', 'targets', 'mask'.
-TARGET_BYTES_KEY = "target_bytes"
 TEACHER_TOKENS_KEY = "teacher_tokens"
 TEACHER_TARGETS_KEY = "teacher_targets"
 TEACHER_MASK_KEY = "teacher_mask"
@@ -237,17 +237,22 @@ def gather_positions(logits: jax.typing.ArrayLike, positions: jax.typing.ArrayLi
 def cross_tokenizer_losses(student_logits: jax.typing.ArrayLike,
                            teacher_logits: jax.typing.ArrayLike,
                            batch: Mapping[str, Any], *,
-                           temperature: float = 1.0) -> dict[str, jax.Array]:
-  """The two cross-tokenizer losses of a batch of :func:`cross_tokenizer_windows`, reduced.
+                           temperature: float = 1.0,
+                           first_byte: jax.typing.ArrayLike | None = None
+                           ) -> dict[str, jax.Array]:
+  """The cross-tokenizer losses of a batch of :func:`cross_tokenizer_windows`, reduced.
 
   Args:
     student_logits: ``[B, L_s, V_s]``, the student on ``batch['tokens']``.
     teacher_logits: ``[B, L_t, V_t]``, the teacher on ``batch['teacher_tokens']``.
     batch: the windows' arrays (the span keys of :func:`cross_tokenizer_windows`).
-    temperature: ``T`` of both losses.
+    temperature: ``T`` of the losses.
+    first_byte: for a byte-level teacher, int ``[V_s]``: the teacher's id of each student
+      entry's first byte (-1: none); adds ``'next_byte_kl'``.
 
   Returns:
-    ``{'uld': scalar, 'span_kl': scalar}``: :func:`kdjax.losses.uld` at the span starts and
+    ``{'uld': scalar, 'span_kl': scalar}`` (and ``'next_byte_kl'``): :func:`kdjax.losses.uld`
+    (and :func:`kdjax.losses.next_byte_kl`) at the span starts and
     :func:`kdjax.losses.span_kl`, each a mean over the spans in use.
   """
   span_mask = jnp.asarray(batch[SPAN_MASK_KEY])
@@ -257,30 +262,42 @@ def cross_tokenizer_losses(student_logits: jax.typing.ArrayLike,
   kl = losses.span_kl(student_logits, batch["targets"], batch[STUDENT_SPANS_KEY],
                       teacher_logits, batch[TEACHER_TARGETS_KEY], batch[TEACHER_SPANS_KEY],
                       num_spans=span_mask.shape[-1], temperature=temperature, mask=span_mask)
-  return {"uld": losses.masked_mean(uld, span_mask),
-          "span_kl": losses.masked_mean(kl, span_mask)}
+  out = {"uld": losses.masked_mean(uld, span_mask),
+         "span_kl": losses.masked_mean(kl, span_mask)}
+  if first_byte is not None:
+    nb = losses.next_byte_kl(s_at, t_at, first_byte, temperature=temperature, mask=span_mask)
+    out["next_byte_kl"] = losses.masked_mean(nb, span_mask)
+  return out
 
 
-CROSS_TOKENIZER_LOSSES = ("span_kl", "uld")
+CROSS_TOKENIZER_LOSSES = ("span_kl", "uld", "next_byte_kl")
 _SPAN_KEYS = ("targets", STUDENT_SPANS_KEY, TEACHER_TARGETS_KEY, TEACHER_SPANS_KEY, SPAN_MASK_KEY,
               STUDENT_SPAN_STARTS_KEY, TEACHER_SPAN_STARTS_KEY)
 
 
-def cross_tokenizer_term(loss: str = "span_kl", *, temperature: float = 1.0) -> Term:
-  """An objective term: a cross-tokenizer loss (span KL or ULD), a mean over the aligned spans.
+def cross_tokenizer_term(loss: str = "span_kl", *, temperature: float = 1.0,
+                         first_byte: Any = None) -> Term:
+  """An objective term: a cross-tokenizer loss, a mean over the aligned spans.
 
-  :func:`kdjax.losses.span_kl` or :func:`kdjax.losses.uld` on a batch of
-  :func:`cross_tokenizer_windows`, reduced over the spans in use.
+  :func:`kdjax.losses.span_kl`, :func:`kdjax.losses.uld` or (byte-level teachers)
+  :func:`kdjax.losses.next_byte_kl` on a batch of :func:`cross_tokenizer_windows`, reduced over
+  the spans in use.
 
   The teacher's outputs must be its logits on ``batch['teacher_tokens']`` (not on the student's
   ``'tokens'``); the term reads the span keys of the batch (its ``needs`` list them).
 
   Args:
-    loss: ``'span_kl'`` or ``'uld'``.
+    loss: ``'span_kl'``, ``'uld'`` or ``'next_byte_kl'``.
     temperature: ``T`` of the loss.
+    first_byte: for ``'next_byte_kl'`` (required there), int ``[V_s]``: the byte-level
+      teacher's id of each student vocabulary entry's first byte, -1 for none.
   """
   if loss not in CROSS_TOKENIZER_LOSSES:
     raise ValueError(f"loss must be one of {CROSS_TOKENIZER_LOSSES}, got {loss!r}")
+  if (loss == "next_byte_kl") != (first_byte is not None):
+    raise ValueError("first_byte is needed by loss='next_byte_kl' and by it alone (the "
+                     "teacher's id of each student entry's first byte)")
+  first_byte = None if first_byte is None else np.asarray(first_byte, np.int32)
 
   def init(rng, student_out, teacher_out, batch):
     del rng, student_out, teacher_out, batch
@@ -294,7 +311,7 @@ def cross_tokenizer_term(loss: str = "span_kl", *, temperature: float = 1.0) -> 
                        "data with kdjax.lm.cross_tokenizer_windows")
     teacher_logits = jax.lax.stop_gradient(teacher_out.logits)
     values = cross_tokenizer_losses(student_out.logits, teacher_logits, batch,
-                                    temperature=temperature)
+                                    temperature=temperature, first_byte=first_byte)
     return values[loss], state, {}
 
   return Term(init, apply, Needs(batch=_SPAN_KEYS))

@@ -5,6 +5,11 @@ import math
 
 import numpy as np
 
+# The batch entry holding the bytes of text each target token spells (int ``[B, L]``): what
+# evaluation sums to turn a summed NLL into bits per byte. Data without it is byte-level (one
+# byte per token).
+TARGET_BYTES_KEY = "target_bytes"
+
 
 def bits_per_byte(nll_nats: float | np.ndarray, num_bytes: int | np.ndarray) -> float | np.ndarray:
   r"""Summed next-token negative log-likelihood (nats) of a text, per byte of that text, in bits.

@@ -17,13 +17,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from kdjax import losses
-from kdjax.objectives import Needs, Term
-from kdjax.objectives._base import no_params_init, require_batch_keys
+from kdjax import objectives
+from kdjax.objectives import SAMPLED_INDICES_KEY, SAMPLED_WEIGHTS_KEY, Term
 
-WEIGHTINGS = ("renormalized", "unbiased")
-SAMPLED_INDICES_KEY = "teacher_sampled_indices"
-SAMPLED_WEIGHTS_KEY = "teacher_sampled_weights"
+SAMPLED_WEIGHTINGS = ("renormalized", "unbiased")
 
 
 def sample_teacher_targets(key: jax.Array, teacher_logits: jax.typing.ArrayLike, k: int, *,
@@ -77,8 +74,8 @@ def sample_teacher_targets(key: jax.Array, teacher_logits: jax.typing.ArrayLike,
     raise ValueError(f"k must be an integer in [1, vocab={vocab}], got {k!r}; set the number "
                      "of sampled entries per token (e.g. config.teacher_cache.k) to at most the "
                      "vocabulary size")
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+  if weighting not in SAMPLED_WEIGHTINGS:
+    raise ValueError(f"weighting must be one of {SAMPLED_WEIGHTINGS}, got {weighting!r}")
   if not 0.0 < float(temperature) < float("inf"):
     raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
   log_p = jax.nn.log_softmax(z.astype(jnp.float32) / temperature, axis=-1)
@@ -103,25 +100,11 @@ def sampled_kd_term(*, temperature: float = 1.0, indices_key: str = SAMPLED_INDI
                     weights_key: str = SAMPLED_WEIGHTS_KEY, mask_key: str | None = "mask") -> Term:
   """Token KD against sampled teacher targets read from the batch: no teacher forward.
 
+  :func:`kdjax.objectives.sampled_kd` (config kind ``'sampled_kd'``):
   :func:`kdjax.losses.sampled_cross_entropy` of the student's ``[B, L, V]`` logits against
   ``batch[indices_key]`` / ``batch[weights_key]`` (``[B, L, k]``, from
   :func:`sample_teacher_targets` at the same ``temperature``), a token-weighted mean over
   ``batch[mask_key]``. Use with ``DistillState.create(teacher=None, ...)``.
   """
-  if not 0.0 < float(temperature) < float("inf"):
-    raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
-
-  def apply(params, state, student_out, teacher_out, batch, step, *, axis_name=None):
-    del params, teacher_out, step, axis_name
-    require_batch_keys(batch, (indices_key, weights_key),
-                       "attach the teacher's sampled targets (kdjax.lm.sample_teacher_targets) "
-                       "to the batches")
-    mask = batch.get(mask_key) if mask_key is not None else None
-    per_token = losses.sampled_cross_entropy(
-        student_out.logits, jnp.asarray(batch[indices_key]),
-        jax.lax.stop_gradient(jnp.asarray(batch[weights_key])), temperature=temperature,
-        mask=mask)
-    return losses.masked_mean(per_token, mask), state, {}
-
-  return Term(no_params_init, apply,
-              Needs(batch=(indices_key, weights_key), teacher_outputs=False))
+  return objectives.sampled_kd(temperature=temperature, indices_key=indices_key,
+                               weights_key=weights_key, mask_key=mask_key)

@@ -60,6 +60,7 @@ from kdjax.losses._language import SPARSE_MODES
 from kdjax.losses._language import sparse_kd
 from kdjax.losses._language import topk_teacher_logits
 # Across tokenizers (aligned positions / spans) and sampled sparse targets.
+from kdjax.losses._cross_tokenizer import next_byte_kl
 from kdjax.losses._cross_tokenizer import span_kl
 from kdjax.losses._cross_tokenizer import uld
 from kdjax.losses._sampled import sampled_cross_entropy
@@ -125,6 +126,7 @@ __all__ = (
     "vid_nll",
     "SPARSE_MODES",
     "sampled_cross_entropy",
+    "next_byte_kl",
     "span_kl",
     "uld",
     "TERMS",

@@ -4,7 +4,8 @@ The two models' vocabularies (and token counts per text) differ, so nothing is c
 entry. :func:`uld` compares the *shapes* of two next-token distributions (their sorted
 probabilities) at positions where both models predict the same text from the same prefix;
 :func:`span_kl` compares how likely each model finds the same piece of text (a span of bytes
-that both tokenizations cut at its ends). ``kdjax.lm`` builds the alignment (which positions and
+that both tokenizations cut at its ends); :func:`next_byte_kl`, for a byte-level teacher, its
+next-byte distribution with the first byte of the student's next token. ``kdjax.lm`` builds the alignment (which positions and
 spans match) from the tokens' byte offsets.
 """
 from __future__ import annotations
@@ -179,3 +180,73 @@ def span_kl(student_logits: jax.typing.ArrayLike,
   log1m = lambda x: jnp.log(-jnp.expm1(x))  # log(1 - e^x), accurate for x near 0.
   loss = p * (a - b) + (1 - p) * (log1m(a) - log1m(b))
   return _utils.apply_mask(loss, mask)
+
+
+def next_byte_kl(student_logits: jax.typing.ArrayLike,
+                 teacher_logits: jax.typing.ArrayLike,
+                 first_byte: jax.typing.ArrayLike,
+                 *,
+                 temperature: jax.typing.ArrayLike = 1.0,
+                 mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+  r"""KL from a byte-level teacher's next byte to the student's next token's first byte.
+
+  Where both models predict the same text after the same text (a position where a student token
+  starts), the student's next-token distribution implies a distribution over the next *byte*:
+  the first byte of its next token. A byte-level teacher predicts that byte directly, so the two
+  compare exactly, with no approximation for tokens the student's vocabulary splits differently:
+
+  .. math::
+    p_t = \mathrm{softmax}(z_t / T),\qquad
+    q(b) = \sum_{v:\ \mathrm{first}(v) = b} \mathrm{softmax}(z_s / T)_v,\qquad
+    \ell = \sum_b p_t(b) \log\frac{p_t(b)}{q(b)}
+
+  Student entries that map to no teacher entry (``first_byte = -1``: special tokens, bytes the
+  teacher's vocabulary lacks) add to no ``q(b)``.
+
+  Args:
+    student_logits: student logits at aligned positions, ``[..., V_s]`` (e.g. ``[B, S, V_s]``
+      gathered at span starts by ``kdjax.lm.gather_positions``).
+    teacher_logits: the byte-level teacher's logits at the same positions, ``[..., V_t]``.
+    first_byte: int ``[V_s]``: the teacher's id of the first byte of each student vocabulary
+      entry, or -1.
+    temperature: ``T > 0``, dividing both sides' logits.
+    mask: bool or 0/1 flags of the aligned positions, shape ``logits.shape[:-1]``; masked
+      positions return exactly 0.
+
+  Returns:
+    One value per position, ``student_logits.shape[:-1]``, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> s = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))  # tokens 'a', 'ab', 'b'
+    >>> t = jnp.log(jnp.array([[0.75, 0.25]]))       # bytes 'a', 'b'
+    >>> round(float(losses.next_byte_kl(s, t, jnp.array([0, 0, 1]))[0]), 6)
+    0.0
+
+  References:
+    Forward KL on the next byte, KL(teacher || student), like Hinton et al. 2015's soft targets
+    without the ``T^2`` factor; the student's byte marginal is the byte-level view of a subword
+    model's next-token distribution used to compare tokenizers (e.g. B. Phan et al., "Exact
+    Byte-Level Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles",
+    2024).
+  """
+  s, t = _utils.as_float(student_logits, teacher_logits, what="logits")
+  fb = jnp.asarray(first_byte)
+  if s.ndim < 1 or t.ndim < 1 or s.shape[:-1] != t.shape[:-1]:
+    raise ValueError(f"student logits have shape {s.shape} and teacher logits {t.shape}; they "
+                     "must share every axis but the vocabulary: gather both at aligned "
+                     "positions first (kdjax.lm.gather_positions)")
+  if fb.shape != s.shape[-1:] or not jnp.issubdtype(fb.dtype, jnp.integer):
+    raise ValueError(f"first_byte must be integers of shape [{s.shape[-1]}] (one per student "
+                     f"vocabulary entry), got {fb.dtype}{list(fb.shape)}")
+  s, t, mask = _utils.checked_positions(s, t, temperature=temperature, mask=mask,
+                                        what="the aligned positions (logits.shape[:-1])")
+  temp = jnp.asarray(temperature, s.dtype)
+  log_p = _utils.log_softmax(t, temp)
+  # [V_s, V_t] map of each student entry onto its first byte; -1 matches no column.
+  onto = (fb[:, None] == jnp.arange(t.shape[-1])[None, :]).astype(s.dtype)
+  q = jax.nn.softmax(s / temp, axis=-1) @ onto
+  log_q = jnp.log(jnp.maximum(q, jnp.finfo(s.dtype).tiny))
+  p = jnp.exp(log_p)
+  return _utils.apply_mask(jnp.sum(p * (log_p - log_q), axis=-1), mask)

@@ -44,6 +44,9 @@ from kdjax.objectives._cached import KD_TEMPERATURE
 from kdjax.objectives._cached import TOPK_INDICES_KEY
 from kdjax.objectives._cached import TOPK_VALUES_KEY
 from kdjax.objectives._cached import cached_kd
+from kdjax.objectives._sampled import SAMPLED_INDICES_KEY
+from kdjax.objectives._sampled import SAMPLED_WEIGHTS_KEY
+from kdjax.objectives._sampled import sampled_kd
 from kdjax.objectives._crd import crd
 from kdjax.objectives._crd import momentum_update
 from kdjax.objectives._review import AttentionFusion
@@ -70,6 +73,8 @@ __all__ = (
     "KD_TEMPERATURE",
     "Needs",
     "ReviewFusion",
+    "SAMPLED_INDICES_KEY",
+    "SAMPLED_WEIGHTS_KEY",
     "TOPK_INDICES_KEY",
     "TOPK_VALUES_KEY",
     "Term",
@@ -110,6 +115,7 @@ __all__ = (
     "rkd",
     "rkd_angle",
     "rkd_distance",
+    "sampled_kd",
     "select",
     "similarity_preserving",
     "soft_cross_entropy",

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from kdjax import losses
-from kdjax.objectives import _cached, _catalogue, _crd, _dense, _review, _terms, _vid
+from kdjax.objectives import _cached, _catalogue, _crd, _dense, _review, _sampled, _terms, _vid
 from kdjax.objectives._base import Needs, Term
 
 DATASET_ARGS = ("num_data", "num_classes", "teacher_model")
@@ -51,6 +51,7 @@ _TABLE: tuple[tuple[str, Callable[..., Term], tuple[str, ...]], ...] = (
     ("logit_mse", _terms.logit_mse, ()),
     ("mlkd", _catalogue.mlkd, ()),
     ("cached_kd", _cached.cached_kd, ()),
+    ("sampled_kd", _sampled.sampled_kd, ()),
     # Feature-based.
     ("fitnets", _terms.fitnets, ()),
     ("attention_transfer", _terms.attention_transfer, ()),

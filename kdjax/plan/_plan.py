@@ -20,6 +20,7 @@ from kdjax.plan import _runs
 from kdjax.plan._analysis import ProgramCost, analyze
 from kdjax.plan._topology import Topology, get_topology
 from kdjax.train import config as config_lib
+from kdjax.train.errors import ConfigError
 
 MAX_TRIES = 8  # candidate configs compiled by the suggestion search, at most
 
@@ -99,6 +100,7 @@ class PlanReport:
   runs: dict[str, RunReport]
   suggestion: str | None = None
   suggested: "PlanReport | None" = None
+  devices_per_chip: int = 1
 
   @property
   def fits(self) -> bool:
@@ -135,6 +137,9 @@ class PlanReport:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"topology {self.topology}: {self.devices} x {self.chip} ({self.processes} "
              f"process(es), {self.devices_per_process} device(s) each)"]
+    if self.devices_per_chip > 1:
+      lines[0] += (f"; {self.devices_per_chip} devices per chip (one per TensorCore), each with "
+                   f"1/{self.devices_per_chip} of the chip's HBM and FLOP/s")
     for i, row in enumerate(rows):
       lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
       if i == 0:
@@ -174,7 +179,7 @@ def _compile(fn: Any, args: Sequence[Any], topology: Topology):
     if _OOM.search(text):
       return None, text[:300]
     raise
-  return analyze(lowered, compiled, topology.chip, len(topology.devices)), ""
+  return analyze(lowered, compiled, topology.device, len(topology.devices)), ""
 
 
 def _report(program: _runs.RunProgram, topology: Topology, evaluate: bool) -> RunReport:
@@ -184,7 +189,7 @@ def _report(program: _runs.RunProgram, topology: Topology, evaluate: bool) -> Ru
   if (evaluate or not program.total_steps) and not error:
     ev, error = _compile(program.eval, program.eval_args, topology)
   return RunReport(program.name, program.kind, program.params, program.batch_size, train, ev,
-                   topology.chip.hbm_bytes, len(topology.devices), topology.chip.peak_flops,
+                   topology.device.hbm_bytes, len(topology.devices), topology.device.peak_flops,
                    error)
 
 
@@ -274,7 +279,8 @@ def _suggest(config: Any, data: Any, topology: Topology, failing: Sequence[str],
 
 
 def plan(config: Any, topology: str | Topology, *, evaluate: bool = True, suggest: bool = True,
-         num_train: int | None = None, max_tries: int = MAX_TRIES) -> PlanReport:
+         num_train: int | None = None, max_tries: int = MAX_TRIES,
+         runs: Sequence[str] = ()) -> PlanReport:
   """Compiles every run of ``config`` for ``topology`` and reports memory, FLOPs and time.
 
   The config is resolved as ``kdjax.main`` resolves it, every run's state is built shape-only
@@ -291,18 +297,27 @@ def plan(config: Any, topology: str | Topology, *, evaluate: bool = True, sugges
     num_train: the training split's size, for TFDS datasets not prepared on this machine whose
       size kdjax does not know.
     max_tries: candidate configs the suggestion search may compile.
+    runs: plan only these of the config's runs (all when empty); an earlier run that a named one
+      distils from is still built shape-only as its teacher, not compiled.
 
   Returns:
     A :class:`PlanReport`; ``report.suggestion`` holds ``--config.<key>=<value>`` overrides that
     fit when some run does not (``None`` when all fit or nothing tried fits).
 
   Raises:
-    kdjax.train.ConfigError: a config the run itself would refuse.
+    kdjax.train.ConfigError: a config the run itself would refuse, or ``runs`` names a run the
+      config does not declare.
     kdjax.plan.TopologyError: an unknown topology, or the plan extra is not installed.
   """
   topo = topology if isinstance(topology, Topology) else get_topology(topology)
   resolved, data = _runs.resolve(config, num_train=num_train)
-  runs = _plan_resolved(resolved, data, topo, evaluate=evaluate)
+  only = tuple(runs)
+  declared = [name for name, _, _ in _runs.declarations(resolved)]
+  unknown = [name for name in only if name not in declared]
+  if unknown:
+    raise ConfigError(f"--runs={','.join(only)}: the config declares no run "
+                      f"{', '.join(unknown)}; its runs are {', '.join(declared)}")
+  runs = _plan_resolved(resolved, data, topo, evaluate=evaluate, only=only)
   suggestion, suggested = None, None
   failing = [name for name, r in runs.items() if not r.fits]
   if failing and suggest:
@@ -310,9 +325,11 @@ def plan(config: Any, topology: str | Topology, *, evaluate: bool = True, sugges
                                    num_train=num_train, max_tries=max_tries)
     if suggestion is not None:
       suggested = PlanReport(topo.name, topo.chip.name, len(topo.devices), topo.processes,
-                             topo.devices_per_process, topo.chip.hbm_bytes, reports, suggestion)
+                             topo.devices_per_process, topo.device.hbm_bytes, reports, suggestion,
+                             devices_per_chip=topo.devices_per_chip)
   return PlanReport(topo.name, topo.chip.name, len(topo.devices), topo.processes,
-                    topo.devices_per_process, topo.chip.hbm_bytes, runs, suggestion, suggested)
+                    topo.devices_per_process, topo.device.hbm_bytes, runs, suggestion, suggested,
+                    devices_per_chip=topo.devices_per_chip)
 
 
 def to_json_line(report: PlanReport) -> str:

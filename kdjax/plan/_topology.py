@@ -39,11 +39,25 @@ class Topology:
     devices: compile-only ``jax.Device``s, in process-major order.
     processes: hosts (JAX processes) of the slice.
     devices_per_process: devices each host drives.
+    devices_per_chip: JAX devices on one chip: 2 on TPU v4, whose compile-only topologies give
+      each TensorCore its own device (no megacore); 1 elsewhere.
+    device: the facts of one device: the chip's, with its HBM, FLOP/s and bandwidth divided
+      among its devices.
   """
 
   name: str
   chip: Chip
   devices: tuple[Any, ...]
+  devices_per_chip: int = 1
+
+  @property
+  def device(self) -> Chip:
+    n = self.devices_per_chip
+    if n == 1:
+      return self.chip
+    return dataclasses.replace(self.chip, hbm_bytes=self.chip.hbm_bytes // n,
+                               peak_flops=self.chip.peak_flops / n,
+                               bandwidth=self.chip.bandwidth / n)
 
   @property
   def processes(self) -> int:
@@ -90,6 +104,10 @@ def _gpu_devices(chip: Chip, hosts: int, per_host: int) -> list:
         topology=f"1 x {hosts} x {per_host}").devices)
   except (NotImplementedError, RuntimeError) as e:  # No CUDA topology factory registered.
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "not implemented for cuda" in first:  # Installed, but its start-up check found no CUDA.
+      raise TopologyError(f"the CUDA plugin did not register ({first}): with no GPU here, start "
+                          "JAX on the CPU (JAX_PLATFORMS=cpu, as kdjax plan does) so that the "
+                          "plugin skips its CUDA check") from None
     raise TopologyError(f"the CUDA plugin cannot build {chip.name}:{hosts}x{per_host} ({first}); "
                         f"install the plan extra (jax-cuda12-plugin and jax-cuda12-pjrt at "
                         f"jax's version): {INSTALL}") from None
@@ -127,4 +145,7 @@ def get_topology(name: str) -> Topology:
   if len(devices) != math.prod(dims) and chip.platform != "tpu":
     raise TopologyError(f"--topology={given!r}: expected {math.prod(dims)} devices, the plugin "
                         f"gave {len(devices)}")
-  return Topology(name=given, chip=chip, devices=tuple(devices))
+  # TPU devices carry their chip's coordinates; several devices at one chip share its memory.
+  chips = {(d.process_index, tuple(getattr(d, "coords", None) or (d.id,))) for d in devices}
+  per_chip = len(devices) // len(chips) if chip.platform == "tpu" and chips else 1
+  return Topology(name=given, chip=chip, devices=tuple(devices), devices_per_chip=max(1, per_chip))

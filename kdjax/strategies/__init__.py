@@ -1,6 +1,8 @@
 """Distillation strategies beyond one teacher and one student: several models at once.
 
 * Several teachers: :func:`ensemble_teacher` (one Model running every teacher in the step).
+* One teacher, several students: :class:`SeveralStudentsState` and
+  :func:`several_students_step` (every student distils from one shared teacher forward).
 * Students teaching each other: :class:`MutualState` and :func:`mutual_step` (deep mutual
   learning).
 * Sequential distillation: :func:`as_teacher`, :func:`born_again_generations`,
@@ -22,9 +24,13 @@ from kdjax.strategies._lwf import lwf_teacher
 from kdjax.strategies._mutual import MutualState
 from kdjax.strategies._mutual import mutual_losses
 from kdjax.strategies._mutual import mutual_step
+from kdjax.strategies._several import SeveralStudentsState
+from kdjax.strategies._several import several_students_eval_step
+from kdjax.strategies._several import several_students_step
 
 __all__ = (
     "MutualState",
+    "SeveralStudentsState",
     "as_teacher",
     "born_again_generations",
     "combine_logits",
@@ -34,5 +40,7 @@ __all__ = (
     "lwf_teacher",
     "mutual_losses",
     "mutual_step",
+    "several_students_eval_step",
+    "several_students_step",
     "teacher_assistant_chain",
 )

@@ -26,6 +26,11 @@ be computed once, in large jitted batches over the local devices, and stored:
 Terms that read the live teacher's outputs (``Needs.teacher_outputs``: KD on live logits,
 FitNets, AT, CRD, ...) still need the online teacher; :func:`check_objective` names them.
 
+Language models: :func:`build_token_cache` caches, per token of the training rows (packed or
+not), the teacher's top-k logits or ``k`` entries sampled from its distribution (Gemma 3's
+offline targets), read by :func:`kdjax.objectives.cached_kd` / :func:`kdjax.objectives.sampled_kd`
+(:class:`TokenCache`; resumable, fingerprinted with the teacher, tokenizer and rows).
+
 Example::
 
   views = kdjax.data.make_replay_views('cifar100', seed=0, replay_epochs=8, augment=augment)
@@ -49,20 +54,36 @@ from kdjax.teacher_cache._store import TeacherCacheError
 from kdjax.teacher_cache._store import index_dtype
 from kdjax.teacher_cache._store import load_teacher_cache
 from kdjax.teacher_cache._store import teacher_fingerprint
+from kdjax.teacher_cache._tokens import IDENTITY
+from kdjax.teacher_cache._tokens import TARGETS
+from kdjax.teacher_cache._tokens import TokenCache
+from kdjax.teacher_cache._tokens import TokenCacheStale
+from kdjax.teacher_cache._tokens import build_token_cache
+from kdjax.teacher_cache._tokens import describe_differences
+from kdjax.teacher_cache._tokens import load_token_cache
+from kdjax.teacher_cache._tokens import rows_fingerprint
 
 __all__ = (
     "CachedIterator",
     "CachedTeacher",
+    "IDENTITY",
     "INDEX_KEY",
     "ON_STALE",
     "REPLAY_KEY",
+    "TARGETS",
     "TeacherCacheCorrupt",
     "TeacherCacheError",
+    "TokenCache",
+    "TokenCacheStale",
     "VALUE_DTYPES",
     "build_teacher_cache",
+    "build_token_cache",
     "check_objective",
+    "describe_differences",
     "index_dtype",
     "load_teacher_cache",
+    "load_token_cache",
+    "rows_fingerprint",
     "teacher_fingerprint",
 )
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
+from kdjax import workdir as contract
 from kdjax.train.errors import Preempted
 from kdjax.train.loop import Loop
 
@@ -151,6 +152,11 @@ class Evaluate(Periodic):
 class Checkpoint(Periodic):
   """Saves every ``every`` steps, after an evaluation, at the last step and when asked.
 
+  A checkpoint saved after an evaluation records its headline metric
+  (:func:`kdjax.workdir.headline_metric`: ``miou``, ``map``, ``perplexity``... else
+  ``accuracy``) for the best-checkpoint retention; one whose metric is missing or not finite
+  records none and is kept only while it is among the latest.
+
   Args:
     checkpointer: a :class:`~kdjax.train.checkpoint.Checkpointer`.
     host_state: placed state -> the state to save (``runner.host_state``).
@@ -177,13 +183,24 @@ class Checkpoint(Periodic):
     params = getattr(loop.state, "params", loop.state)
     if not bool(_all_finite(params)):
       raise self.make_error(loop.step, "the parameters became NaN or infinite")
-    metrics = None
-    if loop.eval_metrics is not None and "accuracy" in loop.eval_metrics:
-      metrics = {"accuracy": float(loop.eval_metrics["accuracy"])}
-    self.checkpointer.save(loop.step, self.host_state(loop.state), self.bookkeeping(), metrics)
+    self.checkpointer.save(loop.step, self.host_state(loop.state), self.bookkeeping(),
+                           best_metric(loop.eval_metrics))
     if loop.last or loop.stop is not None:
       self.checkpointer.wait()
     loop.restart_clock()
+
+
+def best_metric(eval_metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
+  """``{name: value}`` of the evaluation's headline metric (:func:`kdjax.workdir.headline_metric`),
+  what a checkpoint records for the best-checkpoint retention; ``None`` without an evaluation
+  or when that metric is missing or not finite."""
+  if eval_metrics is None:
+    return None
+  name = contract.headline_metric(eval_metrics)
+  value = eval_metrics.get(name)
+  if value is None or not math.isfinite(float(value)):
+    return None
+  return {name: float(value)}
 
 
 class PreemptionWatch:

@@ -1,6 +1,7 @@
 """Checkpoints with Orbax: async saves, latest-N plus best retention, exact resume.
 
-A checkpoint of a run is ``<run>/checkpoints/<step>/`` with two items:
+A checkpoint of a run is ``<run>/checkpoints/<step>/`` with two items (and Orbax's
+``metrics``: the metric the best checkpoint is chosen by, ``{}`` when none was evaluated):
 
 - ``state``: the state's own checkpoint tree (``state.checkpoint_tree()``: every trained field
   of a :class:`kdjax.DistillState` or a strategy's state, never the teacher), saved with
@@ -8,12 +9,15 @@ A checkpoint of a run is ``<run>/checkpoints/<step>/`` with two items:
   freshly created state (so arrays come back with the target's shardings).
 - ``data``: JSON: the data iterator's position and the run's bookkeeping (elapsed time).
 
-Retention: the ``keep`` latest checkpoints plus the one with the best evaluation accuracy
-(Orbax preservation policies). A checkpoint that cannot be read falls back to the one before it
-with a warning; the unreadable one is moved aside (``corrupt-<step>-<time>``), never deleted.
+Retention: the ``keep`` latest checkpoints plus the one with the best evaluation in the run's
+headline metric (:func:`kdjax.workdir.headline_metric`: ``accuracy``, ``miou``, ``map``, or
+``perplexity``, where lower is better), also across a resume (Orbax preservation policies). A
+checkpoint that cannot be read falls back to the one before it with a warning; the unreadable
+one is moved aside (``corrupt-<step>-<time>``), never deleted.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Mapping
@@ -30,6 +34,19 @@ _POLICIES = ocp.checkpoint_managers
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
+def best_score(metrics: Mapping[str, float]) -> float:
+  """The score of a checkpoint that recorded ``{name: value}``; the highest is the best kept.
+
+  ``value``, or ``-value`` for a metric where lower is better
+  (:data:`kdjax.workdir.LOWER_IS_BETTER`: ``perplexity``, ``bits_per_byte``...); ``-inf`` for
+  a checkpoint saved without an evaluation (``{}``), never the best while one has a metric.
+  """
+  if not metrics:
+    return -math.inf
+  (name, value), = metrics.items()
+  return -float(value) if name in contract.LOWER_IS_BETTER else float(value)
+
+
 def abstract(tree: Any) -> Any:
   """Shapes, dtypes and shardings of ``tree``: a restore target that allocates nothing."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -40,7 +57,8 @@ class Checkpointer:
 
   Args:
     directory: ``<run>/checkpoints``.
-    keep: how many of the latest checkpoints to keep (the best by accuracy is kept as well).
+    keep: how many of the latest checkpoints to keep (the best by the metric :meth:`save`
+      records is kept as well).
     async_save: write in a background thread while training continues.
   """
 
@@ -55,11 +73,14 @@ class Checkpointer:
                           "the run resumes from the last complete one", p)
     policy = _POLICIES.AnyPreservationPolicy([
         _POLICIES.LatestN(n=keep),
-        _POLICIES.BestN(get_metric_fn=lambda metrics: metrics["accuracy"], reverse=False, n=1,
+        _POLICIES.BestN(get_metric_fn=best_score, reverse=False, n=1,
                         keep_checkpoints_without_metrics=False),
     ])
+    # ``best_fn`` makes Orbax write each checkpoint's metrics beside it, so a resumed run still
+    # knows which checkpoint is the best (the policy above decides what is kept).
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save,
+        preservation_policy=policy, best_fn=best_score, best_mode="max",
+        enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -71,14 +92,23 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving ``state`` (host-global; any state with ``checkpoint_tree()``) at ``step``."""
+    """Starts saving ``state`` (host-global; any state with ``checkpoint_tree()``) at ``step``.
+
+    ``metrics``: ``{name: value}``, the one metric the best checkpoint is chosen by (the run's
+    headline metric, :func:`best_score`); ``None``: this checkpoint is kept only while it is
+    among the latest.
+    """
+    if metrics is not None and (len(metrics) != 1 or
+                                not all(math.isfinite(float(v)) for v in metrics.values())):
+      raise ValueError("a checkpoint records one finite metric for the best checkpoint, "
+                       f"{{name: value}}; got {dict(metrics)}")
     if step in self.manager.all_steps():
       return
     self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state.checkpoint_tree()),
                                 data=ocp.args.JsonSave(dict(data))),
-        metrics=None if metrics is None else dict(metrics), force=True)
+        metrics=dict(metrics or {}), force=True)
 
   def wait(self) -> None:
     """Blocks until the saves in flight are on disk."""

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import lm
 from kdjax import metrics
 from kdjax.models import zoo
 
@@ -114,25 +115,37 @@ def finalize(total: Mapping[str, Any]) -> dict[str, float]:
   return metrics
 
 
+def _token_sums(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+  mask = out.get("mask")
+  mask = jnp.ones(out["prediction"].shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
+  # Data without byte counts is byte-level: each target spells one byte.
+  nbytes = batch.get(lm.TARGET_BYTES_KEY)
+  return {"count": jnp.sum(mask),
+          "correct": jnp.sum(out["correct"].astype(jnp.int32) * mask),
+          "nll": jnp.sum(out["nll"].astype(jnp.float32) * mask.astype(jnp.float32)),
+          "bytes": jnp.sum(mask) if nbytes is None else jnp.sum(nbytes.astype(jnp.int32) * mask)}
+
+
 def make_token_reduce_fn() -> Callable[[Mapping, Mapping], dict]:
-  """``reduce_fn`` for token predictions (language models): masked token count, NLL, correct."""
+  """``reduce_fn`` for token predictions (language models): masked token ``count``, summed
+  ``nll`` (nats), ``correct`` and ``bytes``, the bytes of text the counted targets spell
+  (``batch['target_bytes']``, or one per target for byte-level data without it).
 
-  def reduce_fn(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
-    del batch
-    mask = out.get("mask")
-    mask = jnp.ones(out["prediction"].shape, jnp.int32) if mask is None else mask.astype(jnp.int32)
-    return {"count": jnp.sum(mask),
-            "correct": jnp.sum(out["correct"].astype(jnp.int32) * mask),
-            "nll": jnp.sum(out["nll"].astype(jnp.float32) * mask.astype(jnp.float32))}
-
-  return reduce_fn
+  One function for every call, so the runner compiles the evaluation once per state.
+  """
+  return _token_sums
 
 
 def finalize_tokens(total: Mapping[str, Any]) -> dict[str, float]:
-  """``perplexity`` (exp of the mean token NLL), token ``accuracy``, ``nll`` and ``count``."""
+  """``perplexity`` (exp of the mean token NLL), ``bits_per_byte`` (:func:`kdjax.lm.bits_per_byte`
+  of the summed NLL over the bytes the targets spell: comparable across tokenizers), token
+  ``accuracy``, ``nll`` and ``count``."""
   n = max(int(total["count"]), 1)
   nll = float(total["nll"]) / n
-  return {"perplexity": float(np.exp(nll)), "nll": nll, "accuracy": float(total["correct"]) / n,
+  out = {"perplexity": float(np.exp(nll))}
+  if int(total.get("bytes", 0)) > 0:
+    out["bits_per_byte"] = lm.bits_per_byte(float(total["nll"]), int(total["bytes"]))
+  return {**out, "nll": nll, "accuracy": float(total["correct"]) / n,
           "count": int(total["count"])}
 
 

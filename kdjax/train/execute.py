@@ -21,6 +21,7 @@ from kdjax import workdir as contract
 from kdjax.train import actions as actions_lib
 from kdjax.train import checkpoint as ckpt_lib
 from kdjax.train import loop as loop_lib
+from kdjax.train import predictions
 from kdjax.train import writers
 from kdjax.train.errors import CheckFailed, CheckpointError, NonFiniteLossError, WorkdirError
 from kdjax.train.ledger import Workdir
@@ -86,7 +87,7 @@ def execute(plan: RunPlan, workdir: Workdir, settings: Settings,
   if plan.prepare is not None:
     plan.prepare(watch)
   if plan.total_steps == 0:
-    return _evaluate_only(plan)
+    return _evaluate_only(plan, workdir)
   runner = plan.make_runner()
   checkpointer = ckpt_lib.Checkpointer(workdir.checkpoint_dir(plan.name),
                                        keep=settings.keep_checkpoints)
@@ -102,13 +103,14 @@ def execute(plan: RunPlan, workdir: Workdir, settings: Settings,
   return entry
 
 
-def _evaluate_only(plan: RunPlan) -> dict[str, Any]:
+def _evaluate_only(plan: RunPlan, workdir: Workdir) -> dict[str, Any]:
   started = time.perf_counter()
   state = runner = placed = None
   if plan.init_state is not None:
     state, runner = plan.init_state(), plan.make_runner()
     placed = runner.put_state(state)
   entry = {**plan.evaluate(runner, placed), **plan.summary(state)}
+  predictions.record(workdir.run_dir(plan.name), plan.data, runner, placed)
   return {**entry, "time_s": time.perf_counter() - started}
 
 
@@ -159,6 +161,7 @@ def _train(plan, runner, placed, start, data_state, checkpointer, workdir, setti
     else:  # Resumed at the last step: evaluate the restored state.
       final_eval = dict(evaluate(placed))
     elapsed = bookkeeping()["elapsed_s"]
+    predictions.record(workdir.run_dir(plan.name), plan.data, runner, placed)
   except BaseException:
     _close_quietly(batches, writer)  # A full disk fails the writer's close too: report it once.
     raise

@@ -2,7 +2,8 @@
 
 Without ``--verbose``, :func:`quiet_background_tracebacks` drops the tracebacks of library log
 records and background threads (async checkpoint saves), the repeated reports of a full disk,
-and the warnings of :data:`QUIET_LOGGERS`.
+and the warnings of :data:`QUIET_LOGGERS`; :func:`no_chip_noise` drops what native libraries
+(libtpu, the CUDA plugin) print while they start on a machine without their chip.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import logging as std_logging
 import re
 import sys
 import threading
+from typing import ContextManager
 
+from kdjax._native_stderr import CUDA_STUB, native_stderr_filtered
 from kdjax.train.describe import disk_full_path, first_line, says_disk_full
 
-__all__ = ["QUIET_LOGGERS", "quiet_background_tracebacks"]
+__all__ = ["NO_CHIP_NOISE", "QUIET_LOGGERS", "no_chip_noise", "quiet_background_tracebacks"]
 
 
 _BACKGROUND_LOGGERS = re.compile(r"orbax|asyncio|tensorstore")
@@ -101,3 +104,16 @@ def _quiet_unraisable(previous):
     if not _after_failed_save(unraisable.exc_value):
       previous(unraisable)
   return unraisablehook
+
+
+# libtpu starting on a host that is no TPU VM (compile-only topologies): no VM metadata to read.
+NO_CHIP_NOISE = re.compile(CUDA_STUB.pattern + r"|TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|"
+                           r"Logging before InitGoogle\(\)|=== Source Location Trace: ===|"
+                           r"libtpu_init_utils\.cc")
+
+
+def no_chip_noise() -> ContextManager[None]:
+  """Inside the block, what libtpu and the CUDA plugin print to stderr (file descriptor 2)
+  because this machine has no TPU or GPU is dropped (:data:`NO_CHIP_NOISE`); other lines are
+  written back when the block ends."""
+  return native_stderr_filtered(NO_CHIP_NOISE)

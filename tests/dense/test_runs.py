@@ -153,3 +153,25 @@ def test_the_dense_configs_run_teacher_student_and_student_kd(tmp_path, task, ke
     for key in keys:
       assert 0.0 <= run[key] <= 1.0
   assert results["student_kd"]["baseline"] == "student"
+
+
+def test_the_example_summarizes_seeds_from_their_results(tmp_path, capsys):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "dense_digits_example", os.path.join(REPO, "examples", "dense_digits.py"))
+  example = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(example)
+  workdirs = []
+  for seed, (alone, distilled) in enumerate([(0.5, 0.7), (0.6, 0.6)]):
+    workdir = tmp_path / f"s{seed}"
+    workdir.mkdir()
+    rows = {"teacher": {"miou": 0.9, "accuracy": 0.99, "time_s": 10.0},
+            "student": {"miou": alone, "accuracy": 0.9, "time_s": 5.0},
+            "student_kd": {"miou": distilled, "accuracy": 0.9, "time_s": 6.0}}
+    (workdir / "results.json").write_text(json.dumps(rows))
+    workdirs.append(str(workdir))
+  example.summarize(workdirs)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1].startswith("student ") and "miou 0.5500 +- 0.0500 [0.5000, 0.6000]" in lines[1]
+  assert "accuracy" not in lines[1]  # Mean IoU, not the background-dominated pixel accuracy.
+  assert lines[-1] == "gain miou: +0.1000 +- 0.1000 [+0.2000, +0.0000]"

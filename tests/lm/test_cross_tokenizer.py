@@ -219,8 +219,12 @@ def test_cross_tokenizer_term(bpe):
   batch = {k: jnp.asarray(v[:2]) for k, v in out.items()}
   s = jax.random.normal(jax.random.key(0), (2, 8, bpe.vocab_size))
   t = jax.random.normal(jax.random.key(1), (2, 24, 256))
-  for name in ("span_kl", "uld"):
-    term = lm.cross_tokenizer_term(name, temperature=2.0)
+  # The byte teacher's id of each BPE entry's first byte (ids are byte values here).
+  first_byte = np.array([tok[0] if tok else -1 for tok in map(bpe.token_bytes,
+                                                              range(bpe.vocab_size))], np.int32)
+  for name in ("span_kl", "uld", "next_byte_kl"):
+    fb = first_byte if name == "next_byte_kl" else None
+    term = lm.cross_tokenizer_term(name, temperature=2.0, first_byte=fb)
     assert "student_spans" in term.needs.batch and term.needs.teacher_outputs
     params, state = term.init(None, Outputs(s), Outputs(t), batch)
 
@@ -228,7 +232,7 @@ def test_cross_tokenizer_term(bpe):
       return term.apply(params, state, Outputs(s_logits), Outputs(t_logits), batch, 0)[0]
 
     expected = jax.jit(lm.cross_tokenizer_losses, static_argnames="temperature")(
-        s, t, batch, temperature=2.0)[name]
+        s, t, batch, temperature=2.0, first_byte=first_byte)[name]
     got, (g_s, g_t) = jax.jit(jax.value_and_grad(value, argnums=(0, 1)))(s, t)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert np.isfinite(g_s).all() and np.abs(g_s).sum() > 0 and not np.asarray(g_t).any()
@@ -236,6 +240,16 @@ def test_cross_tokenizer_term(bpe):
     term.apply({}, {}, Outputs(s), Outputs(t), {"targets": batch["targets"]}, 0)
   with pytest.raises(ValueError, match="loss must be one of"):
     lm.cross_tokenizer_term("kl")
+  with pytest.raises(ValueError, match="first_byte"):
+    lm.cross_tokenizer_term("next_byte_kl")
+  # Gathered at the span starts, the term is the loss of the logits there.
+  s_at = lm.gather_positions(s, batch["student_span_starts"])
+  t_at = lm.gather_positions(t, batch["teacher_span_starts"])
+  per_span = losses.next_byte_kl(s_at, t_at, first_byte, temperature=2.0,
+                                 mask=batch["span_mask"])
+  np.testing.assert_allclose(
+      lm.cross_tokenizer_losses(s, t, batch, temperature=2.0, first_byte=first_byte)
+      ["next_byte_kl"], losses.masked_mean(per_span, batch["span_mask"]), rtol=1e-6)
 
 
 def test_bpe_special_tokens_cover_no_text():

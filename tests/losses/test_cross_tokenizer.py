@@ -154,3 +154,52 @@ def test_sampled_cross_entropy_gradient():
   with jax.enable_x64(True):
     fn = jax.jit(lambda a, b: losses.sampled_cross_entropy(a, idx, b, temperature=1.5))
     check_grads(fn, (s, w), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+
+
+def np_next_byte_kl(s, t, first_byte, temperature):
+  p = np_softmax(t / temperature)
+  q_tokens = np_softmax(s / temperature)
+  q = np.zeros(p.shape)
+  for v, b in enumerate(first_byte):  # The student's mass on each first byte, entry by entry.
+    if b >= 0:
+      q[..., b] += q_tokens[..., v]
+  return (p * (np.log(p) - np.log(q))).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_next_byte_kl_matches_formula(temperature):
+  first_byte = np.array([0, 2, 1, 0, -1, 3, 2, 1], np.int32)  # 8 student entries, 4 bytes
+  s = 2.0 * _rng.standard_normal((2, 3, 8)).astype(np.float32)
+  t = 2.0 * _rng.standard_normal((2, 3, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 0], [1, 0, 1]], bool)
+  out = losses.next_byte_kl(s, t, first_byte, temperature=temperature, mask=mask)
+  assert out.shape == (2, 3) and out.dtype == jnp.float32
+  want = np_next_byte_kl(s, t, first_byte, temperature)
+  np.testing.assert_allclose(out, mask * want, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(losses.next_byte_kl(s, t, first_byte, temperature=temperature),
+                             want, rtol=RTOL, atol=ATOL)
+
+
+def test_next_byte_kl_is_zero_when_the_student_spells_the_teachers_bytes():
+  # Entries 'a', 'ab', 'b', 'ba' over bytes 'a', 'b': any split of the teacher's byte mass.
+  q = np.array([[0.1, 0.5, 0.3, 0.1]])
+  t = np.log(np.array([[0.6, 0.4]], np.float32))
+  out = losses.next_byte_kl(np.log(q).astype(np.float32), t, np.array([0, 0, 1, 1]))
+  np.testing.assert_allclose(out, [0.0], atol=1e-6)
+
+
+def test_next_byte_kl_gradient():
+  first_byte = np.array([0, 1, 1, 2, 0])
+  s = _rng.standard_normal((2, 5))
+  t = _rng.standard_normal((2, 3))
+  with jax.enable_x64(True):
+    check_grads(jax.jit(lambda a, b: losses.next_byte_kl(a, b, first_byte, temperature=1.5)),
+                (s, t), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+
+
+def test_next_byte_kl_names_bad_inputs():
+  s, t = jnp.zeros((2, 5)), jnp.zeros((2, 3))
+  with pytest.raises(ValueError, match="first_byte must be integers of shape"):
+    losses.next_byte_kl(s, t, jnp.zeros((4,), jnp.int32))
+  with pytest.raises(ValueError, match="gather_positions"):
+    losses.next_byte_kl(s, jnp.zeros((3, 3)), jnp.zeros((5,), jnp.int32))

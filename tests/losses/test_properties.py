@@ -118,7 +118,7 @@ ELSEWHERE = {"fsp", "fsp_matrix", "kdsvd", "ofd_margin", "adaptive_avg_pool", "m
 ELSEWHERE |= {"nce_loss", "vid_nll", "hierarchical_context_loss"}
 # Across tokenizers and sampled targets: tests/losses/test_cross_tokenizer.py,
 # tests/lm/test_sampled_targets.py.
-ELSEWHERE |= {"span_kl", "uld", "sampled_cross_entropy"}
+ELSEWHERE |= {"span_kl", "uld", "next_byte_kl", "sampled_cross_entropy"}
 # Dense prediction (segmentation, detection): tests/dense/.
 ELSEWHERE |= {"pixel_kd", "channel_wise_distillation", "pairwise_similarity_distillation",
               "heatmap_kd", "localization_distillation", "feature_imitation",

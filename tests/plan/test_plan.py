@@ -2,9 +2,13 @@
 
 Models are tiny so that each TPU compile takes seconds; the CIFAR ResNet plans are slow tests.
 """
+import ast
+import copy
 import json
 import os
 import runpy
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,8 @@ pytest.importorskip("jax_plugins.xla_cuda12", reason="the plan extra is not inst
 
 from kdjax import plan as plan_lib  # noqa: E402
 from kdjax.plan import _main  # noqa: E402
+from kdjax.train import ConfigError  # noqa: E402
+from kdjax.train import quiet  # noqa: E402
 from kdjax.train.config import base_config  # noqa: E402
 from tests import helpers  # noqa: E402
 
@@ -36,6 +42,19 @@ def tiny_config(**overrides):
   return helpers.with_overrides(c, overrides)
 
 
+def pasted(config, suggestion):
+  """``config`` with the ``--config.<key>=<value>`` overrides of a suggestion set, as the
+  command line would set them."""
+  overrides = {}
+  for item in suggestion.split():
+    key, value = item.removeprefix("--config.").split("=", 1)
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value  # A string: bfloat16.
+  return helpers.with_overrides(copy.deepcopy(config), overrides)
+
+
 @pytest.fixture(scope="module")
 def v5e_2x2():
   return plan_lib.get_topology("v5e:2x2")
@@ -44,7 +63,11 @@ def v5e_2x2():
 def test_topologies_report_chip_hosts_and_devices():
   tpu = plan_lib.get_topology("v5e-16")  # the slice name of v5e:4x4
   assert (len(tpu.devices), tpu.processes, tpu.devices_per_process) == (16, 4, 4)
-  assert tpu.chip.hbm_bytes == 16 * 2**30
+  assert tpu.chip.hbm_bytes == 16 * 2**30 and tpu.device == tpu.chip
+  # v4's compile-only devices are its TensorCores, two per chip sharing its 32 GiB.
+  v4 = plan_lib.get_topology("v4-8")
+  assert (len(v4.devices), v4.devices_per_chip, v4.device.hbm_bytes) == (8, 2, 16 * 2**30)
+  assert v4.device.peak_flops == plan_lib.CHIPS["v4"].peak_flops / 2
   gpu = plan_lib.get_topology("h100:2x8")
   assert (len(gpu.devices), gpu.processes, gpu.devices_per_process) == (16, 2, 8)
   assert gpu.devices[0].device_kind == "NVIDIA H100 80GB HBM3"
@@ -134,6 +157,13 @@ def test_tiny_distillation_fits_on_v5e_2x2(v5e_2x2):
                                              "flops_per_step"}
 
 
+def test_runs_limits_the_plan_to_the_named_runs(v5e_2x2):
+  report = plan_lib.plan(tiny_config(), v5e_2x2, evaluate=False, runs=["student_kd"])
+  assert list(report.runs) == ["student_kd"] and report.runs["student_kd"].fits
+  with pytest.raises(ConfigError, match="no run student_kd2; its runs are teacher, student_kd"):
+    plan_lib.plan(tiny_config(), v5e_2x2, runs=["student_kd2"])
+
+
 def test_multi_host_slice_plans_from_one_machine():
   report = plan_lib.plan(tiny_config(**{"teacher_only": True, "batch_size": 64}), "v5e:4x4",
                          evaluate=False)
@@ -163,11 +193,9 @@ def test_a_teacher_too_large_for_one_chip_gets_a_suggestion_that_fits(v5e_2x2):
   assert report.suggestion == ("--config.mesh.fsdp=2 --config.shard_teacher=True "
                                "--config.shard_student=True")
   assert report.suggested.fits
-  # Pasting the suggestion back: the same plan fits.
-  fixed = tiny_config(**{"teacher.model_kwargs": {"hidden": (65536, 65536)},
-                         "teacher.checkpoint": "/nonexistent/teacher", "mesh.fsdp": 2,
-                         "shard_teacher": True, "shard_student": True})
-  again = plan_lib.plan(fixed, v5e_2x2, evaluate=False, suggest=False)
+  # Pasting the printed suggestion back: the same plan fits.
+  again = plan_lib.plan(pasted(config, report.suggestion), v5e_2x2, evaluate=False,
+                        suggest=False)
   assert again.fits
   # The run's own FSDP rule placed the teacher: its halves are gathered inside the step.
   assert again.runs["student_kd"].train.collectives["all-gather"] >= 1
@@ -214,6 +242,23 @@ def test_command_prints_table_and_json_last(tmp_path, capsys):
   assert summary["runs"]["teacher"]["fits"] is True
 
 
+def test_no_chip_noise_is_dropped_and_other_stderr_lines_kept(capfd):
+  noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+           "STDERR\nI0000 00:00:17.1 7029 cudart_stub.cc:31] Could not find cuda drivers on your "
+           "machine, GPU will not be used.\nFailed to find host bounds for accelerator type: "
+           "WARNING: could not determine TPU accelerator type, please set env var "
+           "`TPU_ACCELERATOR_TYPE` manually\n=== Source Location Trace: === \n"
+           "learning/45eac/tfrc/runtime/libtpu_init_utils.cc:327\n")
+  with pytest.raises(KeyError):  # Written back even when the block raises.
+    with quiet.no_chip_noise():
+      os.write(2, noise.encode())
+      os.write(2, b"a real warning\n")
+      print("from python", file=sys.stderr)
+      raise KeyError("x")
+  # (Under pytest, Python's sys.stderr is captured apart from the descriptor: order aside.)
+  assert sorted(capfd.readouterr().err.splitlines()) == ["a real warning", "from python"]
+
+
 def test_command_errors_are_one_line(capsys):
   code = _main.main([f"--config={REPO}/configs/quickstart.py", "--topology=v9x:2x2"])
   err = capsys.readouterr().err.strip().splitlines()
@@ -246,3 +291,37 @@ def test_cifar100_kd_on_v5e_2x2_matches_the_analytic_flops():
   kd = report.runs["student_kd"]
   assert kd.fits
   assert kd.flops_per_step / 256 == pytest.approx(2.76e9, rel=0.25)
+
+
+@pytest.mark.slow
+def test_the_command_prints_only_its_table_and_json(tmp_path):
+  # A fresh process: libtpu and the CUDA plugin start here, on a machine with neither chip.
+  config = tmp_path / "tiny.py"
+  config.write_text("from kdjax.train.config import base_config\n\n"
+                    "def get_config():\n  c = base_config()\n  c.data.name = 'synthetic'\n"
+                    "  c.teacher_only = True\n  c.teacher.model = 'mlp'\n  return c\n")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  for topology in ("v5e:2x2", "h100:1x2"):
+    result = subprocess.run(
+        [sys.executable, "-m", "kdjax.plan", f"--config={config}", f"--topology={topology}",
+         "--config.batch_size=64", "--noeval"], capture_output=True, text=True, env=env,
+        cwd=REPO, check=False, timeout=600)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    out = result.stdout.strip().splitlines()
+    assert out[0].startswith(f"topology {topology}:") and len(out) == 5
+    assert json.loads(out[-1])["runs"]["teacher"]["fits"] is True
+
+
+@pytest.mark.slow
+def test_lm_with_a_1b_teacher_does_not_fit_v5e_2x2_at_batch_128_until_its_suggestion():
+  # configs/lm/distill.py with a 1.2B-parameter teacher (d_model 2048, 24 layers, 16 heads): its
+  # own training step at 128 rows of 64 tokens needs more than a v5e chip's 16 GiB.
+  config = runpy.run_path(f"{REPO}/configs/lm/distill.py")["get_config"]()
+  config.teacher.model_kwargs.update(d_model=2048, n_layers=24, n_heads=16)
+  config.batch_size = 128
+  report = plan_lib.plan(config, "v5e:2x2", evaluate=False, runs=["teacher"])
+  assert not report.runs["teacher"].fits and report.runs["teacher"].params > 1.1e9
+  assert report.suggestion and report.suggested.fits
+  again = plan_lib.plan(pasted(config, report.suggestion), "v5e:2x2", evaluate=False,
+                        suggest=False, runs=["teacher"])
+  assert again.fits

@@ -12,7 +12,9 @@ import kdjax
 from kdjax import _checkpointable
 from kdjax import objectives
 from kdjax import strategies
+from kdjax.train import actions
 from kdjax.train import checkpoint as ckpt_lib
+from kdjax.train import loop as loop_lib
 from kdjax.train.errors import CheckpointError
 from tests import helpers
 
@@ -102,6 +104,88 @@ def test_keeps_the_latest_and_the_best(tmp_path):
   # Latest two (6, 7) plus the best evaluated one (2, accuracy 0.9).
   assert steps_on_disk(tmp_path / "ckpt") == [2, 6, 7]
   checkpointer.close()
+
+
+# The step each metric's retention must keep among evaluations {2: 0.9, 4: 0.5, 6: 0.6}: the
+# highest value, or the lowest where lower is better (perplexity, bits per byte).
+_BEST_STEP = {"perplexity": 4, "bits_per_byte": 4, "miou": 2, "map": 2}
+
+
+@pytest.mark.parametrize("metric", sorted(_BEST_STEP))
+def test_the_best_is_chosen_in_the_direction_of_its_metric(tmp_path, metric):
+  state = make_state()
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=2)
+  value = {2: 0.9, 4: 0.5, 6: 0.6}
+  for step in range(1, 8):
+    metrics = {metric: value[step]} if step in value else None
+    checkpointer.save(step, bumped(state, step), {}, metrics)
+  checkpointer.wait()
+  assert steps_on_disk(tmp_path / "ckpt") == sorted({_BEST_STEP[metric], 6, 7})
+  checkpointer.close()
+
+
+def test_a_checkpoint_records_one_finite_metric(tmp_path):
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1)
+  with pytest.raises(ValueError, match="one finite metric"):
+    checkpointer.save(1, make_state(), {}, {"miou": 0.5, "accuracy": 0.9})
+  with pytest.raises(ValueError, match="one finite metric"):
+    checkpointer.save(1, make_state(), {}, {"perplexity": float("nan")})
+  assert steps_on_disk(tmp_path / "ckpt") == []
+  checkpointer.close()
+
+
+@pytest.mark.parametrize("evaluation, recorded", [
+    ({"accuracy": 0.8, "top5": 0.9, "ece": 0.1}, {"accuracy": 0.8}),
+    ({"miou": 0.4, "accuracy": 0.9}, {"miou": 0.4}),  # segmentation: not pixel accuracy
+    ({"map50": 0.7, "map": 0.3}, {"map": 0.3}),  # detection
+    ({"perplexity": 12.5, "bits_per_byte": 1.5, "nll": 2.5, "accuracy": 0.4, "count": 64},
+     {"perplexity": 12.5}),  # a language model: not next-token accuracy
+    ({"miou": float("nan"), "accuracy": 0.9}, None),
+    ({"loss": 1.0}, None),
+    (None, None),
+])
+def test_a_checkpoint_after_an_evaluation_records_its_headline_metric(evaluation, recorded):
+  assert actions.best_metric(evaluation) == recorded
+
+
+def _save_with_action(checkpointer, state, evaluations, steps):
+  """Runs the loop's checkpoint action at each of ``steps``, with ``evaluations[step]`` as the
+  evaluation of that step (none where absent)."""
+  save = actions.Checkpoint(checkpointer, every=1, host_state=lambda s: s,
+                            bookkeeping=lambda: {}, make_error=lambda s, w: RuntimeError(w))
+  for step in steps:
+    loop = loop_lib.Loop(step=step, total_steps=steps[-1], state=bumped(state, step), metrics={},
+                         eval_metrics=evaluations.get(step))
+    assert save.due(loop)
+    save.run(loop)
+
+
+def test_the_checkpoint_action_keeps_the_lowest_perplexity_across_a_resume(tmp_path):
+  state = make_state()
+  # Next-token accuracy and perplexity disagree: step 2 has the lowest perplexity, step 6 the
+  # highest accuracy.
+  evaluations = {2: {"perplexity": 20.0, "accuracy": 0.2},
+                 4: {"perplexity": 40.0, "accuracy": 0.6},
+                 6: {"perplexity": 35.0, "accuracy": 0.7},
+                 8: {"perplexity": 25.0, "accuracy": 0.9}}
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1, async_save=False)
+  _save_with_action(checkpointer, state, evaluations, list(range(1, 8)))
+  checkpointer.close()
+  assert steps_on_disk(tmp_path / "ckpt") == [2, 7]
+  # A resumed run reads the recorded metrics back: step 8 (perplexity 25) does not beat step 2.
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1, async_save=False)
+  _save_with_action(checkpointer, state, evaluations, [8, 9])
+  checkpointer.close()
+  assert steps_on_disk(tmp_path / "ckpt") == [2, 9]
+
+
+def test_the_checkpoint_action_keeps_the_best_miou_not_pixel_accuracy(tmp_path):
+  state = make_state()
+  evaluations = {1: {"miou": 0.6, "accuracy": 0.7}, 2: {"miou": 0.3, "accuracy": 0.95}}
+  checkpointer = ckpt_lib.Checkpointer(tmp_path / "ckpt", keep=1, async_save=False)
+  _save_with_action(checkpointer, state, evaluations, [1, 2, 3])
+  checkpointer.close()
+  assert steps_on_disk(tmp_path / "ckpt") == [1, 3]
 
 
 def test_incomplete_save_is_ignored_with_a_warning(tmp_path, caplog):

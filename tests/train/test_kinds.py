@@ -10,8 +10,9 @@ from tests.train.conftest import tiny
 
 
 def test_the_table_holds_one_module_per_kind():
-  assert sorted(kinds.KINDS) == ["compressed", "distill", "export", "load", "lwf", "mutual",
-                                 "on_policy", "supervised"]
+  assert sorted(kinds.KINDS) == ["compressed", "cross_tokenizer", "distill", "export", "load",
+                                 "lwf", "mutual", "on_policy", "several_students",
+                                 "supervised"]
   for name, kind in kinds.KINDS.items():
     assert issubclass(kind.fields, kinds.Run) and callable(kind.plan), name
     assert dataclasses.is_dataclass(kind.fields) and kind.fields.__dataclass_params__.frozen

@@ -156,6 +156,20 @@ def test_text_data_reads_a_tokenizer_json(tmp_path):
   assert data.vocab_size == BYTE_VOCAB
 
 
+def test_the_stdlib_corpus_is_split_by_file():
+  from kdjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  corpus = data_lib.stdlib_corpus()
+  _, data = pipeline.resolve(lm_config(data={"name": "text:stdlib_corpus"}))
+  vocab = np.unique(np.frombuffer(corpus.text("train") + corpus.text("validation"), np.uint8))
+  assert data.vocab_size == len(vocab)
+  # The windows spell the training files, then (evaluation) the validation files, byte for byte.
+  assert vocab[data.train["tokens"][0]].tobytes() == corpus.text("train")[:16]
+  assert data.split_text("valid") == corpus.text("validation")
+  assert len(data.valid["tokens"]) == (len(corpus.text("validation")) - 1) // 16
+  with pytest.raises(Exception, match=r"config\.data\.name='text:nope'.*'text:stdlib_corpus'"):
+    pipeline.resolve(lm_config(data={"name": "text:nope"}))
+
+
 def test_bad_tokenizer_settings_fail_in_resolve(tmp_path):
   with pytest.raises(ConfigError, match=r"^config\.data\.tokenizer=.*tokenizer\.json does not "
                      "exist"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kdjax import train
+from kdjax import workdir as contract
 from tests.train import tiny_config
 from tests.train.conftest import TINY_CONFIG_FILE, cli, snapshot, tiny, train_losses
 
@@ -205,7 +206,8 @@ def test_teacher_checkpoint_is_loaded_instead_of_trained(reference, tmp_path):
   config = tiny(**{"teacher.checkpoint": os.path.join(ref_dir, "teacher"),
                    "compare_baseline": False})
   results = train.train_and_evaluate(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, "teacher"))
+  # Nothing trained: no checkpoints, only the predictions the report reads.
+  assert os.listdir(os.path.join(workdir, "teacher")) == [contract.PREDICTIONS_FILE]
   assert results["teacher"]["accuracy"] == ref_results["teacher"]["accuracy"]
   assert set(results) == {"teacher", "student_kd"}
   assert_same_results({"student_kd": results["student_kd"]},

@@ -65,7 +65,8 @@ def test_compression_tables_fit_100_columns():
   for cell in ("0.5000", "313", "0.7700", "1.00e-06", "6,336", "610"):
     assert cell in text, cell
   second = lines[lines.index("") + 1].split()
-  assert second == ["run", "ptq_accuracy", "sparsity", "max_abs_diff", "nonzero", "size_bytes"]
+  assert second == ["run", "accuracy", "ptq_accuracy", "sparsity", "max_abs_diff", "nonzero",
+                    "size_bytes"]
   # A narrow table stays one table.
   small = {"student": _entry(accuracy=0.7)}
   assert "" not in table.results_table(small).splitlines()

@@ -385,15 +385,16 @@ def split_inputs(inputs) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def decoder(*, num_classes: int, rng: jax.Array, taps: Sequence[str] = (),
-            dtype: Any = jnp.float32, bn_axis_name: str | None = None, **fields: Any):
+            dtype: Any = jnp.float32, bn_axis_name: str | None = None,
+            input_shape: Sequence[int] = (), **fields: Any):
   """The zoo's ``decoder``: a :class:`Decoder` of ``DecoderConfig(vocab_size=num_classes, **fields)``.
 
   What ``kdjax.models.create("decoder", ...)`` (and ``config.<side>.model='decoder'`` with the
   :class:`DecoderConfig` fields as ``model_kwargs``) builds: a freshly initialised decoder whose
   model serves :func:`kdjax.lm.generate`. ``bn_axis_name`` is accepted like every zoo model's
-  and unused (the decoder has no BatchNorm).
+  and unused (the decoder has no BatchNorm), and so is ``input_shape`` (any length fits).
   """
-  del bn_axis_name
+  del bn_axis_name, input_shape
   from kdjax.models._hf import decoder_model  # pylint: disable=g-import-not-at-top  (_hf imports the zoo)
   return decoder_model(DecoderConfig(vocab_size=num_classes, **fields), rng=rng, dtype=dtype,
                        taps=taps, name="decoder")

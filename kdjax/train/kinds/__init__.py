@@ -17,12 +17,14 @@ from typing import Any, Mapping
 from kdjax import workdir as contract
 from kdjax.train.errors import ConfigError
 from kdjax.train.kinds import compressed
+from kdjax.train.kinds import cross_tokenizer
 from kdjax.train.kinds import distill
 from kdjax.train.kinds import export
 from kdjax.train.kinds import load
 from kdjax.train.kinds import lwf
 from kdjax.train.kinds import mutual
 from kdjax.train.kinds import on_policy
+from kdjax.train.kinds import several_students
 from kdjax.train.kinds import supervised
 from kdjax.train.kinds.base import Context
 from kdjax.train.kinds.base import Run
@@ -39,6 +41,8 @@ KINDS: dict[str, RunKind] = {
     "compressed": compressed.KIND,
     "export": export.KIND,
     "on_policy": on_policy.KIND,
+    "cross_tokenizer": cross_tokenizer.KIND,
+    "several_students": several_students.KIND,
 }
 
 

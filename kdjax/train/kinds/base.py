@@ -244,7 +244,8 @@ def optimizer_of(ctx: Context, decl: Run, data: Any):
 
 
 def student_plan(ctx: Context, decl: Run, *, make_objective, teacher=None, eval_teacher=None,
-                 make_student=None, evaluate=None, data=None, teacher_runs=()) -> RunPlan:
+                 make_student=None, evaluate=None, data=None, teacher_runs=(),
+                 teacher_input: str | None = None) -> RunPlan:
   """The plan of a run that trains one model with a ``DistillState`` (most kinds).
 
   ``make_objective()`` builds the objective when the state is built (once per run; traced
@@ -252,7 +253,8 @@ def student_plan(ctx: Context, decl: Run, *, make_objective, teacher=None, eval_
   ``teacher(objective)`` gives the teacher tapping what the objective reads. ``data``: the run's
   data, when it is not ``ctx.data_for(decl.classes)`` (a stream carrying a teacher cache).
   ``teacher_runs``: the runs whose models ``teacher`` / ``eval_teacher`` give (their sections'
-  ``input_key`` is the entry the teacher reads).
+  ``input_key`` is the entry the teacher reads) unless ``teacher_input`` names another one (the
+  teacher's own tokens of the text, beside the student's).
   """
   c, data = ctx.config, data if data is not None else ctx.data_for(decl.classes)
   section = decl.section()
@@ -272,7 +274,7 @@ def student_plan(ctx: Context, decl: Run, *, make_objective, teacher=None, eval_
           student=student, teacher=teacher(objective) if teacher else None, objective=objective,
           tx=tx, rng=ctx.key(section, 1, decl.seed), example_batch=data.example_batch(c.batch_size),
           input_key=input_key(ctx, section, data), label_key=data.shapes.label_key,
-          teacher_input_key=teacher_input_key(ctx, teacher_runs, data),
+          teacher_input_key=teacher_input or teacher_input_key(ctx, teacher_runs, data),
           accumulation_steps=c.accumulation_steps)
     except (ValueError, TypeError) as e:
       raise ConfigError(f"run '{decl.name}': {e}") from None

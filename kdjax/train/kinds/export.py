@@ -4,8 +4,12 @@ A run of 0 steps: each read run's final model, in the form its kind exports
 (:meth:`kdjax.train.kinds.base.Run.export_form`: the integer-weight model of a quantized run),
 goes through :func:`kdjax.export.export_model` in ``formats`` (``'stablehlo'``, ``'onnx'``),
 which reloads every artifact in its own runtime and compares it with JAX on the evaluation
-split. The entry holds one member per exported run (``accuracy`` of the artifact,
-``max_abs_diff`` from JAX, ``size_bytes``); ``manifest.json`` beside the artifacts holds all.
+split. The entry holds one member per exported run (``accuracy`` of the artifact: of pixels for
+segmentation, ``None`` for detection; ``max_abs_diff`` from JAX over every output,
+``size_bytes``, and with ONNX ``latency_b1_ms`` / ``latency_b32_ms``: onnxruntime's median
+time per call at batch 1 and 32 on the machine that ran it); ``manifest.json`` beside the
+artifacts holds all. A detector's artifact holds
+its raw heads (``logits``, ``box_logits``; :func:`task_outputs`), not decoded boxes.
 ``config.export.formats`` adds this run (named ``export``) to the standard pipeline. Format
 ``'hf'`` writes a decoder as a Hugging Face directory instead (:mod:`._hf_export`).
 """
@@ -42,7 +46,8 @@ def export_run(ctx: base.Context, run: str, export_dir: str, *, formats, batch_s
   """
   from kdjax.train.kinds import compressed  # pylint: disable=g-import-not-at-top
   decl = ctx.decls[run]
-  trained = ctx.trained(run)
+  outputs = task_outputs(ctx)
+  trained = ctx.trained(run, taps=outputs)
   exported = decl.export_form(ctx, trained)
   name = run
   if form == "none":
@@ -58,7 +63,16 @@ def export_run(ctx: base.Context, run: str, export_dir: str, *, formats, batch_s
   return export_lib.export_model(exported, name=name, export_dir=export_dir,
                                  input_shape=info.input_shape, batches=batches,
                                  formats=tuple(formats), mean=mean, std=std,
-                                 batch_size=batch_size or None, class_names=info.class_names)
+                                 batch_size=batch_size or None, class_names=info.class_names,
+                                 outputs=outputs)
+
+
+def task_outputs(ctx: base.Context) -> tuple[str, ...]:
+  """The heads an artifact holds after the logits: the taps the task's own loss reads (a point
+  detector's ``box_logits``; none for classification and segmentation, whose logits are the
+  whole prediction). Boxes are decoded from the raw heads outside the artifact."""
+  data = ctx.data
+  return tuple(data.task.supervised(data.shapes.label_key).needs.student)
 
 
 def plan(ctx: base.Context, decl: Export) -> RunPlan:
@@ -81,8 +95,12 @@ def plan(ctx: base.Context, decl: Export) -> RunPlan:
         continue
       entry = export_run(ctx, run, ctx.run_dir(decl.name), formats=formats,
                          batch_size=decl.batch_size)
+      # The ONNX artifact's onnxruntime latency at batch 1 and 32 (ms) on this machine.
+      latency = (export_lib.onnx_latency(entry["onnx"], entry["input_shape"][1:])
+                 if entry.get("onnx") else {})
       members.append({"run": run, "accuracy": entry["accuracy"],
-                      "max_abs_diff": entry["max_abs_diff"], "size_bytes": entry["size_bytes"]})
+                      "max_abs_diff": entry["max_abs_diff"], "size_bytes": entry["size_bytes"],
+                      **latency})
     return {"members": members}
 
   return RunPlan(name=decl.name, total_steps=0, init_state=None, make_runner=None,

@@ -1,4 +1,5 @@
-"""``load``: the trained teacher of ``config.teacher.checkpoint``, only evaluated (0 steps).
+"""``load``: the trained teacher of ``config.teacher.checkpoint``, only evaluated (0 steps),
+with the metrics of the dataset's task (accuracy; mean IoU; COCO mAP).
 
 The checkpoint is a kdjax run (its directory, ``checkpoints/`` or one step) or a Hugging Face
 model directory (``config.json`` + safetensors), whose weights ``kdjax.models.from_hf`` has
@@ -35,9 +36,12 @@ class Load(base.Run):
 
 def plan(ctx: base.Context, decl: Load) -> RunPlan:
   data = ctx.data
+  # The task's own objective (cross-entropy; a detector's point_detection), whose taps the
+  # evaluation reads too (a detector's box_logits).
+  make_objective = lambda: data.task.supervised(data.shapes.label_key)
   out = base.student_plan(
-      ctx, decl, make_objective=lambda: builders.supervised_objective(data.shapes.label_key),
-      make_student=lambda: ctx.trained(decl.name))
+      ctx, decl, make_objective=make_objective,
+      make_student=lambda: ctx.trained(decl.name, taps=make_objective().needs.student))
   out.summary = lambda host: {"params": models.param_count(host.student().params),
                               "model": builders.model_name(ctx.config.teacher),
                               "model_section": "teacher",

@@ -60,7 +60,8 @@ class Config(Section):
   eval_every: int = key(500, "steps between evaluations (0: only at the end)", runtime=True)
   checkpoint_every: int = key(500, "steps between checkpoints; evaluation steps and the last "
                                    "step are always saved", runtime=True)
-  keep_checkpoints: int = key(2, "latest checkpoints kept; the best by evaluation accuracy is "
+  keep_checkpoints: int = key(2, "latest checkpoints kept; the best evaluated one (by `accuracy`, "
+                                 "`miou`, `map` or `perplexity`: the run's headline metric) is "
                                  "kept as well", runtime=True)
   progress_bar: bool = key(True, "a tqdm bar (loss, steps/s, ETA) on process 0", runtime=True)
   parallel: str = key("jit", "`jit` (a device mesh, the main path) or `pmap`", runtime=True)

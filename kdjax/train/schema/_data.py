@@ -51,7 +51,7 @@ class Data(Section):
   """The dataset (``kdjax.data``) and how it is read."""
 
   name: str = key("digits", "`digits`, `synthetic`, `tfds:<name>[:<config>]`, `text:stdlib`, "
-                            "`folder:<dir>` (see `kdjax.data`)")
+                            "`text:stdlib_corpus`, `folder:<dir>` (see `kdjax.data`)")
   data_dir: str = key("", "TFDS data directory (`''`: the TFDS default)", runtime=True)
   train_split: str = key("train", "the training split")
   eval_split: str = key("", "`''`: the dataset's evaluation split (test where there is one)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from kdjax import lm
 from kdjax import losses
 from kdjax import teacher_cache
 from kdjax.train.schema._base import Section, check_choice, check_int, key, names, require
@@ -15,8 +16,14 @@ class TeacherCache(Section):
 
   enabled: bool = key(False, "distill runs read the teacher from a cache")
   replay_epochs: int = key(4, "distinct augmented views per example (epoch `e` shows view "
-                              "`e mod replay_epochs`)")
-  k: int = key(0, "top-k logits kept per view (0: all of them; exact KD)")
+                              "`e mod replay_epochs`; images only)")
+  targets: str = key("topk", "what is cached: `topk` (the teacher's largest logits) or `sampled` "
+                            "(language models: `k` entries per token sampled from the teacher, "
+                            "weighted by its renormalised probabilities, Gemma 3)")
+  k: int = key(0, "top-k logits kept per view or token (0: all of them; exact KD); entries "
+                  "sampled per token for `targets='sampled'`")
+  weighting: str = key("renormalized", "weights of sampled entries: `renormalized` (Gemma 3) or "
+                                       "`unbiased`")
   values_dtype: str = key("float16", f"one of {names(teacher_cache.VALUE_DTYPES)}")
   mode: str = key("renormalize", "`renormalize` (raw logits, any temperature) or `remainder`")
   batch_size: int = key(0, "examples per teacher forward while building (0: "
@@ -34,6 +41,11 @@ class TeacherCache(Section):
     check_int(self.replay_epochs, f"{path}.replay_epochs")
     for name in ("k", "batch_size", "chunk_size"):
       check_int(getattr(self, name), f"{path}.{name}", minimum=0)
+    check_choice(self.targets, f"{path}.targets", teacher_cache.TARGETS)
+    check_choice(self.weighting, f"{path}.weighting", lm.SAMPLED_WEIGHTINGS)
+    require(not (self.enabled and self.targets == "sampled" and self.k == 0),
+            f"config.{path}.targets='sampled' needs config.{path}.k >= 1 (the entries sampled "
+            "per token); set it, e.g. config.teacher_cache.k=8")
     check_choice(self.values_dtype, f"{path}.values_dtype", teacher_cache.VALUE_DTYPES)
     check_choice(self.mode, f"{path}.mode", losses.SPARSE_MODES)
     check_choice(self.on_stale, f"{path}.on_stale", teacher_cache.ON_STALE)

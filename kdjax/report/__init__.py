@@ -3,12 +3,19 @@ r"""``kdjax report``: learning curves and a results table from finished workdirs
   kdjax report WORKDIR [WORKDIR ...]
   python -m kdjax.report WORKDIR [WORKDIR ...]
 
-Writes two files into ``WORKDIR`` (``--out=DIR``: into ``DIR``):
+Writes into ``WORKDIR`` (``--out=DIR``: into ``DIR``):
 
 * ``report.png`` -- the learning curves of every run, one panel per metric: the training
   ``loss`` and the evaluation ``accuracy`` (and ``perplexity`` for language-model runs, the
   old-task accuracy for continual-learning runs) against the step;
-* ``report.md`` -- the results table (``results.json``) and the figure.
+* ``transfer.png`` -- what transferred, from each run's saved predictions
+  (``<run>/predictions.npz``, :mod:`kdjax.report._panels`): for classification, per-class
+  accuracy of the teacher, the student alone and the distilled student, their agreement with
+  the teacher by class and a reliability diagram with each run's ECE; for segmentation and
+  detection, the masks or boxes of the teacher, the student alone and the distilled student
+  over a few validation examples, beside the ground truth;
+* ``report.md`` -- the results table (``results.json``), the per-class accuracy table and the
+  figures.
 
 Several workdirs of one config run with different seeds (``--config.seed=1``, ...) are
 aggregated: the table gives mean ± standard deviation over the seeds (sample standard deviation,
@@ -19,7 +26,7 @@ more than the seed (and the runtime keys) are still reported, with a note listin
 differences.
 
 Reads only the workdir contract (:mod:`kdjax.workdir`: ``results.json``, ``config.json``,
-``<run>/metrics.jsonl``), so it works on a workdir copied from another machine.
+``<run>/metrics.jsonl``, ``<run>/inputs.json``, ``<run>/predictions.npz``), so it works on a workdir copied from another machine.
 """
 from __future__ import annotations
 
@@ -34,11 +41,21 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from kdjax import workdir as contract
+from kdjax.report._panels import ECE_BINS
+from kdjax.report._panels import TRANSFER_PNG
+from kdjax.report._panels import Panel
+from kdjax.report._panels import agreement_by_class
+from kdjax.report._panels import per_class_accuracy
+from kdjax.report._panels import plot_transfer
+from kdjax.report._panels import reliability
+from kdjax.report._panels import roles
+from kdjax.report._panels import transfer_table
 
-__all__ = ["PANELS", "REPORT_MD", "REPORT_PNG", "ReportError", "SEEDS_REPORT_MD",
-           "SEEDS_REPORT_PNG", "WorkdirView", "config_differences",
-           "curves", "load", "main", "mean_std", "plot", "results_markdown", "run_order",
-           "write_report"]
+__all__ = ["ECE_BINS", "PANELS", "Panel", "REPORT_MD", "REPORT_PNG", "ReportError",
+           "SEEDS_REPORT_MD", "SEEDS_REPORT_PNG", "TRANSFER_PNG", "WorkdirView",
+           "agreement_by_class", "config_differences", "curves", "load", "main", "mean_std",
+           "per_class_accuracy", "plot", "plot_transfer", "reliability", "results_markdown",
+           "roles", "run_order", "transfer_table", "write_report"]
 
 REPORT_PNG = "report.png"
 REPORT_MD = "report.md"
@@ -86,6 +103,7 @@ class WorkdirView:
   config: dict[str, Any]
   runs: list[str]
   curves: dict[str, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]
+  inputs: dict[str, Any] = dataclasses.field(default_factory=dict)  # <run>/inputs.json
 
 
 def load(path: str) -> WorkdirView:
@@ -106,10 +124,16 @@ def load(path: str) -> WorkdirView:
     raise ReportError(f"{path} has no {contract.RESULTS_FILE} and no "
                       f"<run>/{contract.METRICS_FILE}; is it the --workdir of a kdjax run?")
   runs = run_order(config, runs)
+  inputs = {}
+  for run in runs:
+    try:
+      inputs[run] = contract.read_json(contract.inputs_path(path, run)) or {}
+    except contract.UnreadableFile:
+      inputs[run] = {}  # Only names the teachers of the panels; the roles fall back.
   return WorkdirView(path=path, results={run: results[run] for run in runs if run in results},
                  config=config, runs=runs,
                  curves={run: curves(contract.read_metrics(contract.metrics_path(path, run)))
-                         for run in runs})
+                         for run in runs}, inputs=inputs)
 
 
 def run_order(config: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
@@ -271,7 +295,8 @@ def write_report(workdirs: Sequence[str], out: str | None = None) -> tuple[str, 
   """Writes the report of ``workdirs``; returns the paths of its figure and markdown.
 
   Into ``out`` (default: the first workdir): ``report.png`` / ``report.md`` for one workdir,
-  ``seeds_report.png`` / ``seeds_report.md`` for several.
+  ``seeds_report.png`` / ``seeds_report.md`` for several. For one workdir whose runs saved
+  their predictions, also ``transfer.png`` (:func:`plot_transfer`), linked from the markdown.
   """
   if not workdirs:
     raise ReportError("pass at least one workdir: kdjax report WORKDIR [WORKDIR ...]")
@@ -298,9 +323,30 @@ def write_report(workdirs: Sequence[str], out: str | None = None) -> tuple[str, 
             "The training loss is each run's own objective (cross-entropy for a run trained on "
             "labels, the weighted distillation objective for a distilled one), so losses of "
             "different runs are not on one scale; compare runs by their evaluation metrics.", ""]
+  if len(loaded) == 1:
+    lines += _transfer_section(loaded[0], out)
   with open(md, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return png, md
+
+
+def _transfer_section(view: WorkdirView, out: str) -> list[str]:
+  """Draws ``transfer.png`` and returns its markdown ([] when no run saved predictions)."""
+  try:
+    panels = plot_transfer(view.path, view.results, view.runs, os.path.join(out, TRANSFER_PNG),
+                           view.inputs)
+    table = transfer_table(view.path, view.results, view.runs, view.inputs)
+  except contract.UnreadableFile as e:
+    raise ReportError(f"{e}; rerun the run, or delete the file to report without its panels") \
+        from e
+  if not panels:
+    return []
+  lines = ["## What transferred", ""]
+  if table:
+    lines += ["Per-class accuracy on the evaluation split, and each run's expected calibration "
+              f"error ({ECE_BINS} equal-width confidence bins), from `<run>/"
+              f"{contract.PREDICTIONS_FILE}`:", "", table]
+  return lines + [f"![what transferred]({TRANSFER_PNG})", ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,9 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"kdjax: error: cannot write the report into {args.workdirs[0]}: "
           f"{e.strerror or e}", file=sys.stderr, flush=True)
     return 1
-  print(f"report: {png}\nreport: {md}", flush=True)
+  transfer = os.path.join(os.path.dirname(png), TRANSFER_PNG)
+  with open(md, encoding="utf-8") as f:
+    drawn = f"]({TRANSFER_PNG})" in f.read()
+  print(f"report: {png}\n" + (f"report: {transfer}\n" if drawn else "") + f"report: {md}",
+        flush=True)
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

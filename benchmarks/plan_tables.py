@@ -26,6 +26,9 @@ MAIN_PAIR = PAIRS[0]
 LM_TEACHER_1B = ("--config.teacher.model_kwargs.d_model=2048",
                  "--config.teacher.model_kwargs.n_layers=24",
                  "--config.teacher.model_kwargs.n_heads=16")
+# What the plan suggests for it on v5e:2x2 at batch 128 (docs/tpu.md).
+LM_1B_SUGGESTION = ("--config.mesh.fsdp=2", "--config.shard_teacher=True",
+                    "--config.shard_student=True")
 
 
 def _pair(pair: str, topology: str, batch: int, *extra: str) -> tuple[str, ...]:
@@ -49,6 +52,13 @@ def rows() -> list[tuple[str, ...]]:
          ("--config=configs/lm/distill.py", "--topology=h100:2x8", "--config.batch_size=256"),
          ("--config=configs/lm/distill.py", "--topology=h100:2x8", "--config.batch_size=256",
           *LM_TEACHER_1B),
+         ("--config=configs/lm/distill.py", "--topology=v5e:2x2", *LM_TEACHER_1B),
+         # docs/tpu.md's "A teacher that fills the chip": does not fit (exit 2, with the
+         # suggestion), then the same with the suggestion pasted back.
+         ("--config=configs/lm/distill.py", "--topology=v5e:2x2", *LM_TEACHER_1B,
+          "--config.batch_size=128", "--runs=teacher", "--noeval"),
+         ("--config=configs/lm/distill.py", "--topology=v5e:2x2", *LM_TEACHER_1B,
+          "--config.batch_size=128", "--runs=teacher", "--noeval", *LM_1B_SUGGESTION),
          ("--config=configs/lm/gkd.py", "--topology=h100:2x8"),
          ("--config=configs/lm/gkd.py", "--topology=v5e:4x4")]
   out += [_pair(pair, "h100:1x8", 512) for pair in PAIRS[1:]]

@@ -22,9 +22,11 @@ CUDA_STUB = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers|"
 
 
 @contextlib.contextmanager
-def native_stderr_filtered(drop: re.Pattern[str]) -> Iterator[None]:
+def native_stderr_filtered(drop: re.Pattern[str],
+                           dropped: list[str] | None = None) -> Iterator[None]:
   """Inside the block, stderr lines (file descriptor 2, Python's own writes included) matching
-  ``drop`` are dropped; the others are written back when the block ends, exceptions or not."""
+  ``drop`` are dropped (and appended to ``dropped`` when given); the others are written back
+  when the block ends, exceptions or not."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
@@ -38,6 +40,8 @@ def native_stderr_filtered(drop: re.Pattern[str]) -> Iterator[None]:
       captured.seek(0)
       lines = captured.read().decode(errors="replace").splitlines(keepends=True)
       kept = "".join(line for line in lines if not drop.search(line))
+      if dropped is not None:
+        dropped.extend(line for line in lines if drop.search(line))
       if kept:
         sys.stderr.write(kept)
         sys.stderr.flush()

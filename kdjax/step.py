@@ -28,6 +28,7 @@ __all__ = (
     "distill_step",
     "eval_step",
     "init_optimizer",
+    "masked_out_inputs",
     "pmean",
     "teacher_forward",
 )
@@ -317,9 +318,12 @@ def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
   return metrics
 
 
-def _masked_out_inputs(inputs: Any, mask: Any) -> Any:
-  """Float inputs with the examples ``mask`` drops set to 0: a NaN pixel of a masked example
-  would otherwise reach the gradient through the first layer (``x.T @ dy`` is ``nan * 0``)."""
+def masked_out_inputs(inputs: Any, mask: Any) -> Any:
+  """Float inputs with the examples ``mask`` drops set to 0: their values reach no gradient.
+
+  A NaN pixel of a masked example would otherwise reach the gradient through the first layer
+  (``x.T @ dy`` is ``nan * 0``). Leaves whose leading shape is not the mask's pass unchanged.
+  """
   if mask is None:
     return inputs
   mask = jnp.asarray(mask).astype(jnp.bool_)
@@ -334,12 +338,12 @@ def _teacher_inputs(state: DistillState, batch: Batch, student_inputs: Any, mask
   student's own when both read the same entry."""
   if state.teacher_apply is None or state.teacher_key == state.input_key:
     return student_inputs
-  return _masked_out_inputs(batch[state.teacher_key], mask)
+  return masked_out_inputs(batch[state.teacher_key], mask)
 
 
 def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, student_state,
                        objective_state, axis_name):
-  inputs = _masked_out_inputs(batch[state.input_key], batch.get("mask"))
+  inputs = masked_out_inputs(batch[state.input_key], batch.get("mask"))
   teacher_out = teacher_forward(state, _teacher_inputs(state, batch, inputs, batch.get("mask")))
 
   def loss_fn(params):

@@ -184,14 +184,14 @@ def weak_teachers(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, s
                                                                           float]]:
   """``[(teacher, baseline, metric, teacher's value, baseline's value)]``: each loaded teacher
   (an entry with ``checkpoint``) that scores worse than a student trained alone (a run another
-  entry names as its ``baseline``), in perplexity for language models, else in accuracy."""
+  entry names as its ``baseline``), in the teacher's :func:`headline_metric`."""
   weak = []
   baselines = {e["baseline"] for e in results.values() if e.get("baseline") in results}
   for teacher, entry in results.items():
     if "checkpoint" not in entry:
       continue
+    key = headline_metric(entry)
     for base in sorted(baselines):
-      key = "perplexity" if "perplexity" in entry else "accuracy"
       t, b = entry.get(key), results[base].get(key)
       if t is not None and b is not None and ((t > b) if key in LOWER_IS_BETTER else (t < b)):
         weak.append((teacher, base, key, t, b))

@@ -37,6 +37,7 @@ from kdjax.data._folder import FolderDataset
 from kdjax.data._pipeline import DEGRADED_KEY
 from kdjax.data._pipeline import DegradeOptions
 from kdjax.data._pipeline import EvalBatches
+from kdjax.data._pipeline import MappedIterator
 from kdjax.data._pipeline import ReplayViews
 from kdjax.data._pipeline import TrainIterator
 from kdjax.data._pipeline import make_eval_batches
@@ -62,6 +63,7 @@ __all__ = [
     "DegradeOptions",
     "EvalBatches",
     "FolderDataset",
+    "MappedIterator",
     "ReplayViews",
     "Source",
     "SyntheticDataset",

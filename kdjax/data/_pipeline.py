@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from absl import flags
 import grain
@@ -395,6 +395,46 @@ class TrainIterator(Iterator[Batch]):
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+
+class MappedIterator(Iterator[Batch]):
+  """``fn(batch)`` for each batch of ``iterator``: a :class:`TrainIterator` with something added.
+
+  ``get_state`` / ``set_state`` / ``close`` and the wrapped iterator's other attributes pass
+  through, so it drops in where the wrapped iterator was used (the data position a checkpoint
+  saves included).
+  """
+
+  def __init__(self, iterator: Iterator[Batch], fn: Callable[[Batch], Batch]):
+    self.iterator = iterator
+    self._fn = fn
+
+  def __iter__(self) -> MappedIterator:
+    return self
+
+  def __next__(self) -> Batch:
+    return self._fn(next(self.iterator))
+
+  def get_state(self) -> dict[str, Any]:
+    return self.iterator.get_state()
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    self.iterator.set_state(state)
+
+  def close(self) -> None:
+    self.iterator.close()
+
+  def __enter__(self) -> MappedIterator:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __getattr__(self, name: str) -> Any:
+    if name == "iterator":  # Not set yet (e.g. while unpickling): no recursion.
+      raise AttributeError(name)
+    return getattr(self.iterator, name)
 
 
 def make_train_iterator(name: str | Dataset, *, global_batch_size: int, seed: int,

@@ -60,7 +60,8 @@ class DecoderApply:
 def decoder_model(config: DecoderConfig, *, rng: jax.Array | None = None,
                   params: PyTree | None = None, dtype: Any = jnp.float32,
                   param_dtype: Any = None, taps: Sequence[str] = (), name: str = "decoder",
-                  source_config: Mapping[str, Any] | None = None) -> Model:
+                  source_config: Mapping[str, Any] | None = None,
+                  remat: bool = False) -> Model:
   """A :class:`~kdjax.models.Model` of the zoo's decoder, initialised from ``rng`` or given
   ``params``.
 
@@ -74,12 +75,15 @@ def decoder_model(config: DecoderConfig, *, rng: jax.Array | None = None,
       ``'head'``, ...), checked now.
     name: the model's label.
     source_config: the ``config.json`` dict it came from (kept for :func:`save_hf`).
+    remat: rematerialise each block in the backward pass (less activation memory, the same
+      values and gradients).
 
   Returns:
     A model whose ``apply`` takes tokens ``[B, L]`` or ``{'tokens', 'segment_ids',
     'positions'}`` and whose ``apply.module`` serves :func:`kdjax.lm.generate`.
   """
-  module = Decoder(config, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype)
+  module = Decoder(config, dtype=dtype, param_dtype=dtype if param_dtype is None else param_dtype,
+                   remat=remat)
   example = jnp.zeros((1, 2), jnp.int32)
   if params is None:
     if rng is None:
@@ -361,7 +365,7 @@ def _check_dtype(dtype):
 
 
 def from_hf(directory: str, *, dtype: Any = jnp.float32, param_dtype: Any = None,
-            taps: Sequence[str] = (), name: str | None = None) -> Model:
+            taps: Sequence[str] = (), name: str | None = None, remat: bool = False) -> Model:
   """Loads a Hugging Face causal LM directory (Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 text).
 
   Reads ``config.json`` and the safetensors weights with numpy (no torch), checks every tensor
@@ -373,6 +377,8 @@ def from_hf(directory: str, *, dtype: Any = jnp.float32, param_dtype: Any = None
     param_dtype: the parameters' dtype; defaults to ``dtype``.
     taps: feature paths to return (see :class:`~kdjax.models.zoo.Decoder`).
     name: the model's label (default: the directory's name).
+    remat: rematerialise each block in the backward pass (less activation memory, the same
+      values and gradients).
 
   Returns:
     A :class:`~kdjax.models.Model`: ``model.apply(model.params, model.model_state, tokens,
@@ -425,7 +431,7 @@ def from_hf(directory: str, *, dtype: Any = jnp.float32, param_dtype: Any = None
   params = _unflatten(flat)
   return decoder_model(config, params=params, dtype=dtype, param_dtype=param_dtype, taps=taps,
                        name=name or os.path.basename(os.path.normpath(directory)),
-                       source_config=hf)
+                       source_config=hf, remat=remat)
 
 
 def save_hf(model: Model, directory: str, *, params: PyTree | None = None,

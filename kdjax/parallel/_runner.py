@@ -70,9 +70,11 @@ class MeshRunner:
 
   def sharding_rules(self) -> tuple[tuple[str, bool], ...]:
     """Path rules: the teacher's parameters with ``shard_teacher``; with ``shard_student`` the
-    trained parameters, their optimizer state and the objective's state (memory banks)."""
+    trained parameters, their optimizer state and the objective's state (memory banks), also
+    those of each student of a :class:`kdjax.strategies.SeveralStudentsState`."""
     return ((r"^teacher_params(/|$)", self.shard_teacher),
-            (r"^(params|opt_states?|objective_state)(/|$)", self.shard_student))
+            (r"^(students/\d+/)?(params|opt_states?|objective_state)(/|$)",
+             self.shard_student))
 
   def _state_sharding(self, state):
     return _mesh.shardings_by_rules(state, self.mesh, self.sharding_rules())

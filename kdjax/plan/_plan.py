@@ -16,9 +16,11 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
+from kdjax.models import zoo
 from kdjax.plan import _runs
 from kdjax.plan._analysis import ProgramCost, analyze
 from kdjax.plan._topology import Topology, get_topology
+from kdjax.train import builders
 from kdjax.train import config as config_lib
 from kdjax.train.errors import ConfigError
 
@@ -234,17 +236,24 @@ def candidates(config: Any, num_devices: int, has_teacher: bool) -> list[list[di
           if config[side].dtype == "float32"}
   if bf16:
     groups.append([{**widest, **bf16}])
+  # Rematerialised blocks, for the models that have them (zoo Transformers, HF decoders).
+  remat = {f"{side}.remat": True for side in ("teacher", "student")
+           if not config[side].remat and (config[side].model in zoo.REMAT_MODELS or
+                                          builders.hf_source(config[side]) is not None)}
+  if remat:
+    groups.append([{**widest, **bf16, **remat}])
+  before = {**widest, **bf16, **remat}
   acc = int(config.accumulation_steps)
   accumulate = []
   while config.batch_size % (num_devices * acc * 2) == 0 and len(accumulate) < 3:
     acc *= 2
-    accumulate.append({**widest, **bf16, "accumulation_steps": acc})
+    accumulate.append({**before, "accumulation_steps": acc})
   if accumulate:
     groups.append(accumulate)
   batch, smaller = config.batch_size, []
   while batch // 2 >= num_devices and batch // 2 % num_devices == 0 and len(smaller) < 3:
     batch //= 2
-    smaller.append({**widest, **bf16, "batch_size": batch})
+    smaller.append({**before, "batch_size": batch})
   if smaller:
     groups.append(smaller)
   return groups

@@ -22,7 +22,7 @@ from kdjax import _checkpointable
 from kdjax import losses
 from kdjax.models import Model
 from kdjax.objectives import masked_mean
-from kdjax.step import batch_metrics, init_optimizer, pmean
+from kdjax.step import batch_metrics, init_optimizer, masked_out_inputs, pmean
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -172,7 +172,7 @@ def mutual_step(state: MutualState, batch: Batch, *,
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  inputs = batch[state.input_key]
+  inputs = masked_out_inputs(batch[state.input_key], batch.get("mask"))
 
   def loss_fn(params):
     logits, new_model_states = [], []

@@ -1,10 +1,12 @@
 """The training iterator with the cached teacher outputs attached to every batch."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any
+
+from kdjax import data
 
 
-class CachedIterator(Iterator[dict]):
+class CachedIterator(data.MappedIterator):
   """A :class:`kdjax.data.TrainIterator` whose batches carry the cached teacher outputs.
 
   ``get_state`` / ``set_state`` / ``close`` and the iterator's attributes pass through, so it
@@ -12,29 +14,5 @@ class CachedIterator(Iterator[dict]):
   """
 
   def __init__(self, iterator: Any, cache: Any):
-    self.iterator = iterator
+    super().__init__(iterator, cache.attach)
     self.cache = cache
-
-  def __iter__(self) -> "CachedIterator":
-    return self
-
-  def __next__(self) -> dict:
-    return self.cache.attach(next(self.iterator))
-
-  def get_state(self) -> dict[str, Any]:
-    return self.iterator.get_state()
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    self.iterator.set_state(state)
-
-  def close(self) -> None:
-    self.iterator.close()
-
-  def __enter__(self) -> "CachedIterator":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self.iterator, name)

@@ -40,6 +40,8 @@ def make_model(model_config: Any, *, side: str, input_shape: Sequence[int], rng:
                       "config.json with a model_type there); point it at one or set it to ''")
   schema.check_model_name(model_config.model, f"{side}.model")
   kwargs = plain(model_config.model_kwargs) or {}
+  if model_config.get("remat"):
+    kwargs = {**kwargs, "remat": True}
   if bn_axis_name is not None:
     kwargs = {**kwargs, "bn_axis_name": bn_axis_name}
   try:
@@ -83,7 +85,8 @@ def _from_hf(model_config: Any, side: str, key: str, directory: str, *,
                       "tokenize with the model's own tokenizer (config.data.tokenizer=<its "
                       "directory>)")
   try:
-    return models.from_hf(directory, dtype=schema.DTYPES[model_config.dtype], taps=tuple(taps))
+    return models.from_hf(directory, dtype=schema.DTYPES[model_config.dtype], taps=tuple(taps),
+                          remat=bool(model_config.get("remat")))
   except (ValueError, FileNotFoundError) as e:
     if "tap" in str(e):
       raise ConfigError(f"config.objective asks the model of {where} for features it cannot "

@@ -16,7 +16,8 @@ from typing import ContextManager
 from kdjax._native_stderr import CUDA_STUB, native_stderr_filtered
 from kdjax.train.describe import disk_full_path, first_line, says_disk_full
 
-__all__ = ["NO_CHIP_NOISE", "QUIET_LOGGERS", "no_chip_noise", "quiet_background_tracebacks"]
+__all__ = ["NO_CHIP_NOISE", "PLUGIN_FAILED", "QUIET_LOGGERS", "no_chip_noise",
+           "quiet_background_tracebacks", "start_backends"]
 
 
 _BACKGROUND_LOGGERS = re.compile(r"orbax|asyncio|tensorstore")
@@ -110,6 +111,35 @@ def _quiet_unraisable(previous):
 NO_CHIP_NOISE = re.compile(CUDA_STUB.pattern + r"|TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|"
                            r"Logging before InitGoogle\(\)|=== Source Location Trace: ===|"
                            r"libtpu_init_utils\.cc")
+
+
+# jax's log record when a PJRT plugin fails to start (the CUDA plugin without CUDA libraries).
+PLUGIN_FAILED = re.compile(r"Jax plugin configuration error: Exception when calling "
+                           r"jax_plugins\.(\w+)\.initialize")
+
+
+def start_backends() -> str | None:
+  """Starts jax's backends with what libtpu and the CUDA plugin print on a machine without
+  their chip dropped (:data:`NO_CHIP_NOISE`, and a plugin's failure to start, which without
+  ``--verbose`` is one line with no use to a reader).
+
+  Returns:
+    A one-line note when a plugin failed to start (``kdjax[plan]``'s CUDA plugin on a machine
+    without CUDA libraries): which backend the run uses instead, and how to silence it or see
+    the plugin's error. ``None`` when nothing failed.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  dropped: list[str] = []
+  with native_stderr_filtered(re.compile(f"{NO_CHIP_NOISE.pattern}|{PLUGIN_FAILED.pattern}"),
+                              dropped):
+    backend = jax.default_backend()
+  failed = sorted({m.group(1) for line in dropped for m in [PLUGIN_FAILED.search(line)] if m})
+  if not failed:
+    return None
+  return (f"kdjax: note: jax's plugin {', '.join(failed)} did not start (no CUDA libraries "
+          f"here?), so this run uses the {backend}; to use a GPU install jax's CUDA libraries "
+          "(pip install 'jax[cuda12]'), on a CPU machine set JAX_PLATFORMS=cpu to skip the "
+          "plugin; --verbose shows its error")
 
 
 def no_chip_noise() -> ContextManager[None]:

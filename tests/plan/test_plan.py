@@ -222,6 +222,14 @@ def test_suggestion_candidates_go_from_least_to_most_intrusive():
   assert plan_lib._plan.format_overrides(groups[0][0]) == (
       "--config.mesh.data=-1 --config.mesh.fsdp=2 --config.shard_teacher=True "
       "--config.shard_student=True")
+  # Models with rematerialised blocks (the zoo's Transformers): after bfloat16, before
+  # accumulation, and kept by the later groups. The MLP student has none.
+  lm = tiny_config(**{"teacher.model": "transformer_lm", "teacher.model_kwargs": {}})
+  groups = plan_lib.candidates(lm, num_devices=4, has_teacher=True)
+  remat = [g for g in groups if any("teacher.remat" in c for c in g)]
+  assert remat[0] == [{"mesh.fsdp": 4, **both, **bf16, "teacher.remat": True}]
+  assert groups.index(remat[0]) == groups.index([{"mesh.fsdp": 4, **both, **bf16}]) + 1
+  assert all(c["teacher.remat"] and "student.remat" not in c for g in remat[1:] for c in g)
 
 
 def test_command_prints_table_and_json_last(tmp_path, capsys):

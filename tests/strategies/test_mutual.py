@@ -103,6 +103,27 @@ def test_kd_weight_zero_is_independent_training():
   assert max(jax.tree.leaves(diff)) > 1e-4
 
 
+def test_a_masked_example_with_nan_inputs_changes_nothing():
+  """An example ``batch['mask']`` drops never reaches the update, even when its inputs are NaN:
+  the step equals the one where that example's inputs are zeros."""
+  students = [helpers.tap_mlp(1, hidden=8, batch_norm=True), helpers.tap_mlp(2, hidden=12)]
+  b = helpers.batch(n=8)
+  mask = np.ones(8, bool)
+  mask[3] = False
+  zeros, nans = (dict(b, mask=mask, image=np.asarray(b["image"]).copy()) for _ in range(2))
+  zeros["image"][3] = 0.0
+  nans["image"][3] = np.nan
+  step = jax.jit(strategies.mutual_step)
+  state = strategies.MutualState.create(students, optax.adam(1e-2), jax.random.key(0), zeros,
+                                        kd_weight=1.0)
+  want, want_metrics = step(state, zeros)
+  got, got_metrics = step(state, nans)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(got.params))
+  chex.assert_trees_all_equal(got.params, want.params)
+  chex.assert_trees_all_equal(got.model_states, want.model_states)
+  chex.assert_trees_all_equal(got_metrics, want_metrics)
+
+
 def test_create_validates_the_cohort():
   batch = helpers.batch()
   with pytest.raises(ValueError, match="at least 2 students"):

@@ -1,8 +1,17 @@
 """kdjax.train.quiet: background libraries kept to one line without --verbose."""
+import importlib.util
 import logging
+import os
+import pathlib
+import re
+import subprocess
+import sys
 import threading
 
+from kdjax import _native_stderr
 from kdjax.train import quiet
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_library_warnings_are_quiet_without_verbose(monkeypatch):
@@ -22,3 +31,30 @@ def test_library_warnings_are_quiet_without_verbose(monkeypatch):
       logger.filters[:] = filters
       for handler, handler_filters in handlers:
         handler.filters[:] = handler_filters
+
+
+def test_a_run_without_jax_platforms_prints_no_plugin_noise(tmp_path):
+  """With kdjax[plan] on a machine without a TPU or CUDA, starting jax's backends makes libtpu
+  and the CUDA plugin print several lines (a plugin error, TPU host warnings); a run shows at
+  most one note naming the plugin that did not start, then its own output."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  result = subprocess.run(
+      [sys.executable, "-m", "kdjax.main", "--config=configs/quickstart.py",
+       f"--workdir={tmp_path / 'w'}", "--config.batch_size=-3"],
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+  lines = result.stderr.splitlines()
+  assert result.returncode != 0 and lines[-1] == (
+      "kdjax: error: config.batch_size must be an integer >= 1, got -3"), result.stderr
+  notes = lines[:-1]
+  assert len(notes) <= 1, result.stderr
+  for note in notes:
+    assert note.startswith("kdjax: note: jax's plugin ") and "JAX_PLATFORMS=cpu" in note, note
+  if importlib.util.find_spec("libtpu") is not None or importlib.util.find_spec(
+      "jax_plugins.xla_cuda12") is not None:
+    # The extra is installed: the filtered lines are real ones this machine prints.
+    dropped = []
+    with _native_stderr.native_stderr_filtered(re.compile("."), dropped):
+      subprocess.run([sys.executable, "-c", "import jax; jax.default_backend()"], env=env,
+                     check=True, timeout=300)
+    said = "".join(dropped)
+    assert ("xla_cuda12" in said) == bool(notes), said

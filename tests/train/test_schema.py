@@ -52,7 +52,8 @@ def test_the_table_shows_the_defaults_base_config_holds():
 def test_runtime_keys_come_from_the_schema():
   assert set(config_lib.RUNTIME_KEYS) == {
       "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
-      "parallel", "mesh", "shard_teacher", "shard_student", "data.data_dir",
+      "parallel", "mesh", "shard_teacher", "shard_student", "teacher.remat", "student.remat",
+      "data.data_dir",
       "data.worker_count", "data.eval_batch_size", "logging", "checked_steps", "export",
       "teacher_cache.batch_size", "teacher_cache.chunk_size", "teacher_cache.dir",
       "teacher_cache.on_stale"}
@@ -68,6 +69,10 @@ def test_runtime_keys_come_from_the_schema():
      "config.teacher.optimizer.schedule='linear' is not a schedule"),
     ({"student": {"model": "resnet9"}}, "config.student.model='resnet9' is not a kdjax model"),
     ({"teacher": {"dtype": "int8"}}, "config.teacher.dtype='int8' is not supported"),
+    ({"student": {"remat": True}},
+     "config.student.remat=True: model 'mlp' has no rematerialised blocks"),
+    ({"teacher": {"model": "transformer_lm", "remat": "yes"}},
+     "config.teacher.remat='yes' is a str, but config.teacher.remat takes a bool"),
     ({"models": {"peer": {"model": "mlp", "dtype": "int8"}}},
      "config.models.peer.dtype='int8' is not supported"),
     ({"models": {"peer": {"modle": "mlp"}}}, "config.models.peer must be a mapping with a 'model'"),

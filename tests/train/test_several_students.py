@@ -123,26 +123,52 @@ def test_the_step_runs_the_teacher_once_and_updates_each_student_as_distill_step
   assert set(new.checkpoint_tree()) == {"a", "b", "c"}
 
 
-def test_the_step_under_pmap_equals_the_step_under_jit():
-  """Under ``pmap`` every student's gradients are averaged over the devices as
-  ``distill_step`` averages them: the same update as one device on the whole batch."""
-  rng = np.random.default_rng(1)
-  n, d, c = jax.local_device_count(), 5, 3
-  batch = {"image": rng.standard_normal((2 * n, d)).astype(np.float32),
-           "label": rng.integers(0, c, 2 * n).astype(np.int32)}
+def _two_linear_students(seed, b, d, c, tx):
+  """Two linear students of one linear teacher (CE + KD), and a batch of ``b`` examples."""
+  rng = np.random.default_rng(seed)
+  batch = {"image": rng.standard_normal((b, d)).astype(np.float32),
+           "label": rng.integers(0, c, b).astype(np.int32)}
   teacher = _linear(rng.standard_normal((d, c)).astype(np.float32))
   kd = objectives.combine({"ce": objectives.cross_entropy(), "kd": objectives.kd()})
   states = [kdjax.DistillState.create(
       student=_linear(rng.standard_normal((d, c)).astype(np.float32)), teacher=teacher,
-      objective=kd, tx=optax.sgd(0.5), rng=jax.random.key(k), example_batch=batch)
+      objective=kd, tx=tx, rng=jax.random.key(k), example_batch=batch)
       for k in range(2)]
-  several = strategies.SeveralStudentsState.create(states)
+  return strategies.SeveralStudentsState.create(states), batch
+
+
+def test_the_step_under_pmap_equals_the_step_under_jit():
+  """Under ``pmap`` every student's gradients are averaged over the devices as
+  ``distill_step`` averages them: the same update as one device on the whole batch."""
+  several, batch = _two_linear_students(1, 2 * jax.local_device_count(), 5, 3, optax.sgd(0.5))
   on_one, _ = jax.jit(strategies.several_students_step)(several, batch)
   runner = kdjax.parallel.make_runner("pmap", step_fn=strategies.several_students_step)
   placed, _ = runner.step(runner.put_state(several), batch)
   on_all = runner.host_state(placed)
   for k in range(2):
     np.testing.assert_allclose(on_all.students[k].params["student"]["w"],
+                               on_one.students[k].params["student"]["w"], rtol=1e-5, atol=1e-6)
+
+
+def test_shard_student_shards_every_student_and_keeps_the_update():
+  """With ``shard_student`` and an ``fsdp`` axis, each student's parameters and optimizer
+  state are split over it (as a ``distill`` run's are), and the update is the one of a single
+  device."""
+  d, c = 64, 32
+  several, batch = _two_linear_students(2, 8, d, c, optax.adam(0.01))
+  on_one, _ = jax.jit(strategies.several_students_step)(several, batch)
+  runner = kdjax.parallel.MeshRunner(kdjax.parallel.make_mesh({"data": -1, "fsdp": 2}),
+                                     shard_student=True,
+                                     step_fn=strategies.several_students_step)
+  placed = runner.put_state(several)
+  for k in range(2):
+    w = placed.students[k].params["student"]["w"]
+    mu = placed.students[k].opt_state[0].mu["student"]["w"]
+    for x in (w, mu):
+      assert x.sharding.shard_shape(x.shape) == (d // 2, c), x.sharding
+  placed, _ = runner.step(placed, batch)
+  for k in range(2):
+    np.testing.assert_allclose(placed.students[k].params["student"]["w"],
                                on_one.students[k].params["student"]["w"], rtol=1e-5, atol=1e-6)
 
 

@@ -44,6 +44,17 @@ def test_a_loaded_teacher_below_the_student_alone_is_named():
   lm = {"teacher": _entry(perplexity=20.0, checkpoint="/t"), "student": _entry(perplexity=9.0),
         "student_kd": _entry(perplexity=9.5, baseline="student")}
   assert workdir.weak_teachers(lm) == [("teacher", "student", "perplexity", 20.0, 9.0)]
+  # Dense tasks: judged by mean IoU and COCO mAP, not by the pixel accuracy they also carry.
+  seg = {"teacher": _entry(miou=0.5, accuracy=0.99, checkpoint="/t"),
+         "student": _entry(miou=0.7, accuracy=0.95),
+         "student_kd": _entry(miou=0.72, accuracy=0.96, baseline="student")}
+  assert workdir.weak_teachers(seg) == [("teacher", "student", "miou", 0.5, 0.7)]
+  seg["teacher"]["miou"] = 0.9
+  assert workdir.weak_teachers(seg) == []
+  det = {"teacher": _entry(map50=0.9, map=0.3, checkpoint="/t"),
+         "student": _entry(map50=0.8, map=0.5),
+         "student_kd": _entry(map50=0.85, map=0.55, baseline="student")}
+  assert workdir.weak_teachers(det) == [("teacher", "student", "map", 0.3, 0.5)]
 
 
 def test_compression_tables_fit_100_columns():

@@ -19,6 +19,7 @@ from kdjax.models.zoo._decoder import DecoderConfig
 from kdjax.models.zoo._decoder import KVCache
 from kdjax.models.zoo._decoder import init_cache
 from kdjax.models.zoo._mobilenet import MobileNetV2
+from kdjax.models.zoo._registry import REMAT_MODELS
 from kdjax.models.zoo._resnet import ResNet
 from kdjax.models.zoo._shufflenet import ShuffleNetV1
 from kdjax.models.zoo._shufflenet import ShuffleNetV2
@@ -30,7 +31,8 @@ from kdjax.models.zoo._vgg import VGG
 from kdjax.models.zoo._wrn import WideResNet
 
 __all__ = [
-    "CNNSmall", "DENSE_MODELS", "Decoder", "DecoderConfig", "KVCache", "init_cache", "MLP", "MobileNetV2", "PointDetector", "ResNet",
+    "CNNSmall", "DENSE_MODELS", "Decoder", "DecoderConfig", "KVCache", "init_cache", "MLP", "MobileNetV2", "PointDetector", "REMAT_MODELS",
+    "ResNet",
     "SegmentationUNet", "ShuffleNetV1", "ShuffleNetV2", "StageLayout", "TransformerLM", "VGG",
     "ViT", "WideResNet", "decode_detections", "stage_layout",
 ]

@@ -299,6 +299,9 @@ class Decoder(nn.Module):
   param_dtype: Any = jnp.float32
   num_classes: int | None = None  # taken so the zoo's create() can pass it; must equal vocab
   bn_axis_name: str | None = None  # no BatchNorm here; taken so every zoo model takes it
+  # Rematerialise each block in the backward pass (the same values and gradients; activation
+  # memory of the blocks' inputs only, for about one more forward pass of compute).
+  remat: bool = False
 
   def setup(self):
     c = self.config
@@ -308,8 +311,8 @@ class Decoder(nn.Module):
     self.embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype,
                           param_dtype=self.param_dtype,
                           embedding_init=nn.initializers.normal(0.02))
-    self.blocks = [DecoderBlock(c, i, self.dtype, self.param_dtype)
-                   for i in range(c.num_layers)]
+    block = nn.remat(DecoderBlock) if self.remat else DecoderBlock
+    self.blocks = [block(c, i, self.dtype, self.param_dtype) for i in range(c.num_layers)]
     self.final_norm = RMSNorm(c.rms_norm_eps, c.norm_plus_one, self.dtype, self.param_dtype)
     if not c.tie_embeddings:
       self.lm_head = self.param("lm_head", nn.initializers.normal(0.02),
@@ -386,15 +389,16 @@ def split_inputs(inputs) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def decoder(*, num_classes: int, rng: jax.Array, taps: Sequence[str] = (),
             dtype: Any = jnp.float32, bn_axis_name: str | None = None,
-            input_shape: Sequence[int] = (), **fields: Any):
+            input_shape: Sequence[int] = (), remat: bool = False, **fields: Any):
   """The zoo's ``decoder``: a :class:`Decoder` of ``DecoderConfig(vocab_size=num_classes, **fields)``.
 
   What ``kdjax.models.create("decoder", ...)`` (and ``config.<side>.model='decoder'`` with the
   :class:`DecoderConfig` fields as ``model_kwargs``) builds: a freshly initialised decoder whose
   model serves :func:`kdjax.lm.generate`. ``bn_axis_name`` is accepted like every zoo model's
   and unused (the decoder has no BatchNorm), and so is ``input_shape`` (any length fits).
+  ``remat=True`` rematerialises each block in the backward pass (:class:`Decoder`).
   """
   del bn_axis_name, input_shape
   from kdjax.models._hf import decoder_model  # pylint: disable=g-import-not-at-top  (_hf imports the zoo)
   return decoder_model(DecoderConfig(vocab_size=num_classes, **fields), rng=rng, dtype=dtype,
-                       taps=taps, name="decoder")
+                       taps=taps, name="decoder", remat=remat)

@@ -39,5 +39,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # rng, taps, dtype and the model kwargs) rather than by a Linen module constructor.
 FACTORIES: dict[str, Callable[..., Any]] = {"decoder": decoder}
 
+# Zoo names whose model takes ``remat=True``: each block rematerialised in the backward pass.
+REMAT_MODELS = ("vit_tiny", "transformer_lm", "decoder")
+
 # The dtype of the example batch ``create`` initialises with; images (float32) otherwise.
 INPUT_DTYPES: dict[str, Any] = {"transformer_lm": jnp.int32, "decoder": jnp.int32}

@@ -60,19 +60,26 @@ def _encode(model: nn.Module, x: jax.Array, depth: int, num_heads: int, *, causa
   """Embedding dropout, ``blocks_{0..depth-1}`` and the final LayerNorm ``ln_f`` of ``model``
   (which has ``mlp_ratio``, ``dropout_rate`` and ``dtype``): [B, L, D] -> [B, L, D]."""
   x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
+  # Rematerialised blocks keep only their inputs for the backward pass and recompute the rest
+  # (``train`` is static: it picks the dropout branch).
+  block = nn.remat(Block, static_argnums=(2,)) if model.remat else Block
   for i in range(depth):
-    x = Block(num_heads, model.mlp_ratio, model.dropout_rate, causal=causal, dtype=model.dtype,
+    x = block(num_heads, model.mlp_ratio, model.dropout_rate, causal=causal, dtype=model.dtype,
               name=f"blocks_{i}")(x, train)
   return _layers.layer_norm(dtype=model.dtype, name="ln_f")(x)
 
 
 class _Transformer(nn.Module, kw_only=True):
   """The keyword-only fields both transformers take: ``mlp_ratio`` (each block's MLP width over
-  the model width), ``dtype`` (the compute dtype; parameters stay float32) and ``bn_axis_name``
-  (there is no BatchNorm here; taken so that every zoo model takes it)."""
+  the model width), ``dtype`` (the compute dtype; parameters stay float32), ``remat``
+  (rematerialise each block in the backward pass: activation memory of one block's inputs per
+  layer instead of all its intermediates, for about one more forward pass of compute; the same
+  values and gradients) and ``bn_axis_name`` (there is no BatchNorm here; taken so that every
+  zoo model takes it)."""
 
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  remat: bool = False
   bn_axis_name: str | None = None
 
 

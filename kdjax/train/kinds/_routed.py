@@ -31,23 +31,19 @@ def teacher_ids(train: Mapping[str, np.ndarray], num_teachers: int) -> np.ndarra
   return (np.arange(n) * num_teachers // n).astype(np.int32)
 
 
-class RoutedIterator:
+class RoutedIterator(data_lib.MappedIterator):
   """Batches of a :class:`kdjax.train.rundata.TokenIterator` with the routed teacher's input
   (``batch[lm.ROUTED_INPUTS_KEY]``), each batch's ids checked first."""
 
   def __init__(self, iterator: Any, *, run: str, input_key: str, num_teachers: int,
                capacity: int | None):
-    self.iterator = iterator
+    super().__init__(iterator, self._route)
     self.run = run
     self.input_key = input_key
     self.num_teachers = num_teachers
     self.capacity = capacity
 
-  def __iter__(self) -> "RoutedIterator":
-    return self
-
-  def __next__(self) -> dict[str, Any]:
-    batch = next(self.iterator)
+  def _route(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     ids = batch[lm.TEACHER_ID_KEY]
     try:
       lm.check_teacher_ids(ids, self.num_teachers, capacity=self.capacity,
@@ -56,15 +52,6 @@ class RoutedIterator:
       raise data_lib.DataError(str(e)) from None
     return {**batch, lm.ROUTED_INPUTS_KEY: {"inputs": batch[self.input_key],
                                             lm.TEACHER_ID_KEY: ids}}
-
-  def get_state(self) -> dict[str, Any]:
-    return self.iterator.get_state()
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    self.iterator.set_state(state)
-
-  def close(self) -> None:
-    self.iterator.close()
 
 
 class RoutedData(rundata.WrappedData):

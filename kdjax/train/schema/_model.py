@@ -66,6 +66,10 @@ class Model(Section):
   num_classes: int | None = key(None, "None: the dataset's class count; any other value must "
                                       "equal it", placeholder=int)
   dtype: str = key("float32", f"compute dtype: {names(DTYPES)}")
+  remat: bool = key(False, "rematerialise each block in the backward pass: less activation "
+                           "memory for about one more forward pass, the same values; for the "
+                           "zoo's Transformers (`kdjax.models.zoo.REMAT_MODELS`) and Hugging "
+                           "Face decoders", runtime=True)
   init: str = key("", "a Hugging Face model directory (`config.json` + safetensors) to build "
                       "the model from: its architecture and weights (`kdjax.models.from_hf`), "
                       "no `model` needed; `''`: initialise from the seed")
@@ -89,6 +93,10 @@ class Model(Section):
       check_model_name(self.model, f"{path}.model")
     else:
       _check_hf(self, path, *source)
+    require(not self.remat or source is not None or self.model in models.zoo.REMAT_MODELS,
+            f"config.{path}.remat=True: model {self.model!r} has no rematerialised blocks (they "
+            f"are in {', '.join(models.zoo.REMAT_MODELS)} and Hugging Face decoders); set "
+            f"config.{path}.remat=False")
     require(isinstance(self.input_key, str),
             f"config.{path}.input_key must name a batch entry (or '' for the dataset's input), "
             f"got {self.input_key!r}")

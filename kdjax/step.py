@@ -30,6 +30,7 @@ __all__ = (
     "init_optimizer",
     "masked_out_inputs",
     "pmean",
+    "predictions",
     "teacher_forward",
 )
 
@@ -296,25 +297,59 @@ def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def batch_metrics(logits: jax.Array, teacher_out: Outputs | None, batch: Batch,
+# Tokens per block when a prediction is computed from a decoder's hidden states and head.
+_PREDICTION_CHUNK = 512
+
+
+def predictions(out: Outputs | jax.Array) -> jax.Array:
+  """The argmax class of each example (or token) of a model's outputs.
+
+  For outputs that carry a decoder's ``pre_logits`` ``[..., D]`` and ``head`` ``[D, V]`` taps
+  (those of a chunked objective, ``kdjax.lm.chunked_kd_term``), the argmax of ``pre_logits @
+  head`` is computed 512 tokens at a time, so that a metric does not
+  materialise the ``[B, L, V]`` logits the objective avoids (XLA then drops the model's own
+  logits when nothing else reads them). A final soft-cap keeps the argmax. Otherwise the argmax
+  of ``out.logits`` (or of ``out``, an array of logits).
+  """
+  if not isinstance(out, Outputs):
+    return jnp.argmax(out, axis=-1)
+  hidden, head = out.features.get("pre_logits"), out.features.get("head")
+  if (hidden is None or head is None or head.ndim != 2 or
+      hidden.shape != (*out.logits.shape[:-1], head.shape[0]) or
+      head.shape[1] != out.logits.shape[-1]):
+    return jnp.argmax(out.logits, axis=-1)
+  flat = hidden.reshape(-1, head.shape[0])
+  n = flat.shape[0]
+  size = min(_PREDICTION_CHUNK, n)
+  blocks = -(-n // size)
+  flat = jnp.pad(flat, ((0, blocks * size - n), (0, 0)))
+  pred = jax.lax.map(
+      lambda h: jnp.argmax(jnp.einsum("td,dv->tv", h, head.astype(h.dtype),
+                                      preferred_element_type=jnp.float32), axis=-1),
+      flat.reshape(blocks, size, -1))
+  return pred.reshape(-1)[:n].reshape(out.logits.shape[:-1])
+
+
+def batch_metrics(student: Outputs | jax.Array, teacher_out: Outputs | None, batch: Batch,
                   label_key: str) -> dict[str, jax.Array]:
   """Top-1 ``accuracy`` (with labels) and student-teacher ``agreement`` (with a teacher that
   predicts the same positions) of a batch.
 
-  Both are :func:`kdjax.losses.masked_mean` over the examples (or tokens) ``batch['mask']``
-  keeps. The mask must have the batch's leading shape, ``logits.shape[:-1]`` (``[B]``, or
-  ``[B, L]`` for token logits) or ``[B]``; any other shape is a ``ValueError``, never ignored.
+  ``student``: the student's :class:`~kdjax.models.Outputs` or its logits; each model's
+  prediction is :func:`predictions`. Both metrics are :func:`kdjax.losses.masked_mean` over the
+  examples (or tokens) ``batch['mask']`` keeps. The mask must have the batch's leading shape,
+  ``logits.shape[:-1]`` (``[B]``, or ``[B, L]`` for token logits) or ``[B]``; any other shape is
+  a ``ValueError``, never ignored.
   """
   metrics = {}
-  pred = jnp.argmax(logits, axis=-1)
+  pred = predictions(student)
   mask = loss_utils.check_mask(batch.get("mask"), pred.shape,
                                "the student's predictions (logits.shape[:-1])")
   labels = batch.get(label_key)
   if labels is not None and labels.shape == pred.shape:
     metrics["accuracy"] = losses.masked_mean(pred == labels, mask)
   if teacher_out is not None and teacher_out.logits.shape[:-1] == pred.shape:
-    metrics["agreement"] = losses.masked_mean(pred == jnp.argmax(teacher_out.logits, axis=-1),
-                                              mask)
+    metrics["agreement"] = losses.masked_mean(pred == predictions(teacher_out), mask)
   return metrics
 
 
@@ -352,12 +387,12 @@ def _grads_and_metrics(state: DistillState, batch: Batch, rng: jax.Array, studen
     loss, new_objective_state, metrics = state.objective.apply(
         params["objective"], objective_state, student_out, teacher_out, batch, state.step,
         axis_name=axis_name)
-    return loss, (student_out.logits, new_student_state, new_objective_state, metrics)
+    return loss, (student_out, new_student_state, new_objective_state, metrics)
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  logits, new_student_state, new_objective_state, metrics = aux
+  student_out, new_student_state, new_objective_state, metrics = aux
   metrics = {**metrics, "loss": loss,
-             **batch_metrics(logits, teacher_out, batch, state.label_key)}
+             **batch_metrics(student_out, teacher_out, batch, state.label_key)}
   return grads, new_student_state, new_objective_state, metrics
 
 

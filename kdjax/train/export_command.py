@@ -25,6 +25,7 @@ from kdjax import workdir as contract
 from kdjax.train import describe
 from kdjax.train import kinds
 from kdjax.train import pipeline
+from kdjax.train import quiet
 from kdjax.train.errors import CheckpointError, ConfigError, WorkdirError
 from kdjax.train.kinds import export as export_kind
 
@@ -159,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = None
   try:
     args = parser.parse_args(argv)
+    if not args.verbose:
+      note = quiet.start_backends()
+      if note:
+        print(note, file=sys.stderr, flush=True)
     formats = tuple(f for f in args.formats.split(",") if f)
     entry = export_workdir_run(args.workdir, args.run, formats=formats, quantize=args.quantize,
                                batch_size=args.batch_size, allow_partial=args.allow_partial)

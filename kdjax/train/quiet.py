@@ -118,10 +118,28 @@ PLUGIN_FAILED = re.compile(r"Jax plugin configuration error: Exception when call
                            r"jax_plugins\.(\w+)\.initialize")
 
 
+class _PluginFailures(std_logging.Filter):
+  """Drops jax's records of a plugin that failed to start (with their tracebacks), keeping the
+  plugins' names."""
+
+  def __init__(self):
+    super().__init__()
+    self.failed: list[str] = []
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    try:
+      found = PLUGIN_FAILED.search(record.getMessage())
+    except Exception:  # pylint: disable=broad-except
+      return True
+    if found:
+      self.failed.append(found.group(1))
+    return not found
+
+
 def start_backends() -> str | None:
-  """Starts jax's backends with what libtpu and the CUDA plugin print on a machine without
-  their chip dropped (:data:`NO_CHIP_NOISE`, and a plugin's failure to start, which without
-  ``--verbose`` is one line with no use to a reader).
+  """Starts jax's backends without what libtpu and the CUDA plugin print on a machine without
+  their chip: :data:`NO_CHIP_NOISE` on file descriptor 2, and jax's record (with traceback) of
+  a plugin that failed to start.
 
   Returns:
     A one-line note when a plugin failed to start (``kdjax[plan]``'s CUDA plugin on a machine
@@ -129,17 +147,20 @@ def start_backends() -> str | None:
     the plugin's error. ``None`` when nothing failed.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  dropped: list[str] = []
-  with native_stderr_filtered(re.compile(f"{NO_CHIP_NOISE.pattern}|{PLUGIN_FAILED.pattern}"),
-                              dropped):
-    backend = jax.default_backend()
-  failed = sorted({m.group(1) for line in dropped for m in [PLUGIN_FAILED.search(line)] if m})
-  if not failed:
+  failures = _PluginFailures()
+  logger = std_logging.getLogger("jax._src.xla_bridge")
+  logger.addFilter(failures)
+  try:
+    with native_stderr_filtered(NO_CHIP_NOISE):
+      backend = jax.default_backend()
+  finally:
+    logger.removeFilter(failures)
+  if not failures.failed:
     return None
-  return (f"kdjax: note: jax's plugin {', '.join(failed)} did not start (no CUDA libraries "
-          f"here?), so this run uses the {backend}; to use a GPU install jax's CUDA libraries "
-          "(pip install 'jax[cuda12]'), on a CPU machine set JAX_PLATFORMS=cpu to skip the "
-          "plugin; --verbose shows its error")
+  return (f"kdjax: note: jax's plugin {', '.join(sorted(set(failures.failed)))} did not start "
+          f"(no CUDA libraries here?), so this run uses the {backend}; to use a GPU install "
+          "jax's CUDA libraries (pip install 'jax[cuda12]'), on a CPU machine set "
+          "JAX_PLATFORMS=cpu to skip the plugin; --verbose shows its error")
 
 
 def no_chip_noise() -> ContextManager[None]:

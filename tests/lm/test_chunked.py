@@ -2,10 +2,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.test_util import check_grads
 
-from kdjax import lm, losses
+import kdjax
+from kdjax import lm, losses, models, objectives
 
 
 def _np_gjsd(s, t, beta, temperature, mask=None):
@@ -123,3 +125,50 @@ def test_chunked_divergence_needs_at_least_8x_less_temporary_memory():
     return compiled.memory_analysis().temp_size_in_bytes
 
   assert temp_bytes(plain) >= 8 * temp_bytes(chunked)
+
+
+def _decoder(seed, vocab, length, taps):
+  return models.create("decoder", num_classes=vocab, input_shape=(length,),
+                       rng=jax.random.key(seed), taps=taps, hidden_size=32, num_layers=1,
+                       num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64)
+
+
+def _chunked_state(vocab, b, length, seed=0):
+  taps = ("pre_logits", "head")
+  teacher, student = _decoder(seed, vocab, length, taps), _decoder(seed + 1, vocab, length, taps)
+  rng = np.random.default_rng(seed)
+  batch = {"tokens": rng.integers(0, vocab, (b, length)).astype(np.int32),
+           "targets": rng.integers(0, vocab, (b, length)).astype(np.int32),
+           "mask": rng.random((b, length)) > 0.2}
+  state = kdjax.DistillState.create(
+      student=student, teacher=teacher,
+      objective=objectives.combine({"kd": lm.chunked_kd_term(chunk_size=64)}),
+      tx=optax.sgd(0.1), rng=jax.random.key(0), example_batch=batch, input_key="tokens",
+      label_key="targets")
+  return state, batch, teacher, student
+
+
+def test_a_chunked_runs_metrics_are_the_argmax_of_the_full_logits():
+  # 2 x 700 tokens: the predictions take three blocks of 512, the last padded.
+  state, batch, teacher, student = _chunked_state(vocab=97, b=2, length=700)
+  _, metrics = jax.jit(kdjax.distill_step)(state, batch)
+
+  def argmax(model):
+    out, _ = model.apply(model.params, model.model_state, batch["tokens"], train=False, rng=None)
+    return np.argmax(np.asarray(out.logits), -1)
+
+  s, t, mask = argmax(student), argmax(teacher), batch["mask"]
+  np.testing.assert_allclose(metrics["accuracy"], np.mean((s == batch["targets"])[mask]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics["agreement"], np.mean((s == t)[mask]), rtol=1e-6)
+  assert 0 < float(metrics["agreement"]) < 1
+
+
+def test_a_chunked_runs_metrics_do_not_materialise_the_logits():
+  # The accuracy and agreement of a chunked objective come from hidden states and heads, block
+  # by block: the step's temporaries stay well under one [B, L, V] float32 logits array.
+  b, length, vocab = 4, 512, 16384
+  state, batch, _, _ = _chunked_state(vocab=vocab, b=b, length=length)
+  compiled = jax.jit(kdjax.distill_step).lower(state, batch).compile()
+  logits_bytes = b * length * vocab * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < 0.8 * logits_bytes

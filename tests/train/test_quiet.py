@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from kdjax import _native_stderr
 from kdjax.train import quiet
 
@@ -33,18 +35,23 @@ def test_library_warnings_are_quiet_without_verbose(monkeypatch):
         handler.filters[:] = handler_filters
 
 
-def test_a_run_without_jax_platforms_prints_no_plugin_noise(tmp_path):
+@pytest.mark.parametrize("command", ["run", "export"])
+def test_a_command_without_jax_platforms_prints_no_plugin_noise(tmp_path, command):
   """With kdjax[plan] on a machine without a TPU or CUDA, starting jax's backends makes libtpu
   and the CUDA plugin print several lines (a plugin error, TPU host warnings); a run shows at
   most one note naming the plugin that did not start, then its own output."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-  result = subprocess.run(
-      [sys.executable, "-m", "kdjax.main", "--config=configs/quickstart.py",
-       f"--workdir={tmp_path / 'w'}", "--config.batch_size=-3"],
-      capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+  args, error = {
+      "run": (["--config=configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
+               "--config.batch_size=-3"],
+              "kdjax: error: config.batch_size must be an integer >= 1, got -3"),
+      "export": (["export", f"--workdir={tmp_path / 'w'}"],
+                 f"kdjax: error: --workdir={tmp_path / 'w'} does not exist; pass the --workdir "
+                 "of a finished training command")}[command]
+  result = subprocess.run([sys.executable, "-m", "kdjax.main", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300, check=False)
   lines = result.stderr.splitlines()
-  assert result.returncode != 0 and lines[-1] == (
-      "kdjax: error: config.batch_size must be an integer >= 1, got -3"), result.stderr
+  assert result.returncode != 0 and lines[-1] == error, result.stderr
   notes = lines[:-1]
   assert len(notes) <= 1, result.stderr
   for note in notes:

@@ -22,11 +22,9 @@ CUDA_STUB = re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers|"
 
 
 @contextlib.contextmanager
-def native_stderr_filtered(drop: re.Pattern[str],
-                           dropped: list[str] | None = None) -> Iterator[None]:
+def native_stderr_filtered(drop: re.Pattern[str]) -> Iterator[None]:
   """Inside the block, stderr lines (file descriptor 2, Python's own writes included) matching
-  ``drop`` are dropped (and appended to ``dropped`` when given); the others are written back
-  when the block ends, exceptions or not."""
+  ``drop`` are dropped; the others are written back when the block ends, exceptions or not."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
@@ -40,8 +38,6 @@ def native_stderr_filtered(drop: re.Pattern[str],
       captured.seek(0)
       lines = captured.read().decode(errors="replace").splitlines(keepends=True)
       kept = "".join(line for line in lines if not drop.search(line))
-      if dropped is not None:
-        dropped.extend(line for line in lines if drop.search(line))
       if kept:
         sys.stderr.write(kept)
         sys.stderr.flush()

@@ -114,9 +114,7 @@ def main(argv):
   from kdjax.train import describe, quiet, smoke  # pylint: disable=g-import-not-at-top,g-multiple-import
   if not _VERBOSE.value:
     quiet.quiet_background_tracebacks()
-    note = quiet.start_backends()
-    if note and workdir.is_main():
-      print(note, file=sys.stderr, flush=True)
+    quiet.start_backends()
   try:
     config = smoke.smoke_config(config) if _SMOKE.value else config
     results = train.train_and_evaluate(config, _WORKDIR.value)

@@ -306,10 +306,10 @@ def predictions(out: Outputs | jax.Array) -> jax.Array:
 
   For outputs that carry a decoder's ``pre_logits`` ``[..., D]`` and ``head`` ``[D, V]`` taps
   (those of a chunked objective, ``kdjax.lm.chunked_kd_term``), the argmax of ``pre_logits @
-  head`` is computed 512 tokens at a time, so that a metric does not
-  materialise the ``[B, L, V]`` logits the objective avoids (XLA then drops the model's own
-  logits when nothing else reads them). A final soft-cap keeps the argmax. Otherwise the argmax
-  of ``out.logits`` (or of ``out``, an array of logits).
+  head`` is computed 512 tokens at a time, so that a metric does not materialise the
+  ``[B, L, V]`` logits the objective avoids (XLA then drops the model's own logits when nothing
+  else reads them); a final soft-cap keeps the argmax. Otherwise the argmax of ``out.logits``
+  (or of ``out``, an array of logits).
   """
   if not isinstance(out, Outputs):
     return jnp.argmax(out, axis=-1)

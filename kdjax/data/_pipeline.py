@@ -397,7 +397,6 @@ class TrainIterator(Iterator[Batch]):
     self.close()
 
 
-
 class MappedIterator(Iterator[Batch]):
   """``fn(batch)`` for each batch of ``iterator``: a :class:`TrainIterator` with something added.
 

@@ -161,9 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     args = parser.parse_args(argv)
     if not args.verbose:
-      note = quiet.start_backends()
-      if note:
-        print(note, file=sys.stderr, flush=True)
+      quiet.start_backends()
     formats = tuple(f for f in args.formats.split(",") if f)
     entry = export_workdir_run(args.workdir, args.run, formats=formats, quantize=args.quantize,
                                batch_size=args.batch_size, allow_partial=args.allow_partial)

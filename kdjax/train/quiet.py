@@ -139,12 +139,12 @@ class _PluginFailures(std_logging.Filter):
 def start_backends() -> str | None:
   """Starts jax's backends without what libtpu and the CUDA plugin print on a machine without
   their chip: :data:`NO_CHIP_NOISE` on file descriptor 2, and jax's record (with traceback) of
-  a plugin that failed to start.
+  a plugin that failed to start. When a plugin failed (``kdjax[plan]``'s CUDA plugin on a
+  machine without CUDA libraries), process 0 prints one note instead: which backend the run
+  uses, and how to silence the plugin or see its error.
 
   Returns:
-    A one-line note when a plugin failed to start (``kdjax[plan]``'s CUDA plugin on a machine
-    without CUDA libraries): which backend the run uses instead, and how to silence it or see
-    the plugin's error. ``None`` when nothing failed.
+    That note, or ``None`` when nothing failed.
   """
   import jax  # pylint: disable=g-import-not-at-top
   failures = _PluginFailures()
@@ -157,10 +157,13 @@ def start_backends() -> str | None:
     logger.removeFilter(failures)
   if not failures.failed:
     return None
-  return (f"kdjax: note: jax's plugin {', '.join(sorted(set(failures.failed)))} did not start "
+  note = (f"kdjax: note: jax's plugin {', '.join(sorted(set(failures.failed)))} did not start "
           f"(no CUDA libraries here?), so this run uses the {backend}; to use a GPU install "
           "jax's CUDA libraries (pip install 'jax[cuda12]'), on a CPU machine set "
           "JAX_PLATFORMS=cpu to skip the plugin; --verbose shows its error")
+  if jax.process_index() == 0:
+    print(note, file=sys.stderr, flush=True)
+  return note
 
 
 def no_chip_noise() -> ContextManager[None]:

@@ -31,8 +31,7 @@ from kdjax.models.zoo._vgg import VGG
 from kdjax.models.zoo._wrn import WideResNet
 
 __all__ = [
-    "CNNSmall", "DENSE_MODELS", "Decoder", "DecoderConfig", "KVCache", "init_cache", "MLP", "MobileNetV2", "PointDetector", "REMAT_MODELS",
-    "ResNet",
-    "SegmentationUNet", "ShuffleNetV1", "ShuffleNetV2", "StageLayout", "TransformerLM", "VGG",
+    "CNNSmall", "DENSE_MODELS", "Decoder", "DecoderConfig", "KVCache", "init_cache", "MLP",
+    "MobileNetV2", "PointDetector", "REMAT_MODELS", "ResNet", "SegmentationUNet", "ShuffleNetV1", "ShuffleNetV2", "StageLayout", "TransformerLM", "VGG",
     "ViT", "WideResNet", "decode_detections", "stage_layout",
 ]

@@ -83,12 +83,17 @@ def teacher_fingerprint(params: Any, model_state: Any, config: Mapping[str, Any]
   h = hashlib.sha256()
   h.update(json.dumps(config, sort_keys=True, default=str).encode())
   for name, tree in (("params", params), ("model_state", model_state)):
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    for path, leaf in leaves:
-      a = np.ascontiguousarray(_host_array(leaf))
-      h.update(f"{name}{jax.tree_util.keystr(path)}:{a.dtype.str}:{a.shape};".encode())
-      h.update(a.tobytes())
+    _hash_tree(h, tree, prefix=name)
   return h.hexdigest()
+
+
+def _hash_tree(h: Any, tree: Any, *, prefix: str = "") -> None:
+  """Feeds every leaf of ``tree`` to the hash ``h``: its path (after ``prefix``), dtype, shape
+  and bytes."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(_host_array(leaf))
+    h.update(f"{prefix}{jax.tree_util.keystr(path)}:{a.dtype.str}:{a.shape};".encode())
+    h.update(a.tobytes())
 
 
 # The cache --------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ from kdjax import losses
 from kdjax import objectives
 from kdjax.models import Model
 from kdjax.teacher_cache._store import (ON_STALE, VALUE_DTYPES, TeacherCacheCorrupt,
-                                        TeacherCacheError, _from_disk, _read_json, _save_npy,
-                                        _write_json, index_dtype, teacher_fingerprint)
+                                        TeacherCacheError, _from_disk, _hash_tree, _read_json,
+                                        _save_npy, _write_json, index_dtype,
+                                        teacher_fingerprint)
 
 TARGETS = ("topk", "sampled")
 _FORMAT = "kdjax-token-cache-1"
@@ -78,10 +79,7 @@ def rows_fingerprint(inputs: Any) -> str:
       ``{'tokens', 'segment_ids', 'positions'}``), as the teacher reads them.
   """
   h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(inputs)[0]:
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}:{a.dtype.str}:{a.shape};".encode())
-    h.update(a.tobytes())
+  _hash_tree(h, inputs)
   return h.hexdigest()
 
 
